@@ -39,11 +39,14 @@ def architecture_config(arch: str) -> dict[str, Any]:
 
     Raises:
         ValueError: if open_clip knows no such architecture.
+
     """
     config = open_clip.get_model_config(ARCHITECTURES.get(arch, arch))
     if config is None:
         known = ", ".join(ARCHITECTURES)
-        raise ValueError(f"unknown architecture {arch!r}: use one of {known} or an open_clip model name")
+        raise ValueError(
+            f"unknown architecture {arch!r}: use one of {known} or an open_clip model name"
+        )
     return copy.deepcopy(config)
 
 
@@ -62,13 +65,16 @@ def create_clip(
 
     Returns:
         The model in eval mode, float32, on the CPU.
+
     """
     config = architecture_config(arch) if isinstance(arch, str) else copy.deepcopy(dict(arch))
     if quick_gelu is not None:
         config["quick_gelu"] = quick_gelu
     if context_length is not None:
         config["text_cfg"]["context_length"] = context_length
-    for key in [k for k in config if k not in ("embed_dim", "quick_gelu", "vision_cfg", "text_cfg")]:
+    for key in [
+        k for k in config if k not in ("embed_dim", "quick_gelu", "vision_cfg", "text_cfg")
+    ]:
         config.pop(key)  # open_clip configs may carry fields (custom_text, ...) CLIP does not take
     return open_clip.CLIP(**config).eval()
 
@@ -87,11 +93,19 @@ def infer_config(state_dict: Mapping[str, Tensor], *, quick_gelu: bool = True) -
 
     Raises:
         KeyError: naming the first tensor the inference needs but the state dict lacks.
+
     """
-    required = ["text_projection", "positional_embedding", "token_embedding.weight", "ln_final.weight"]
+    required = [
+        "text_projection",
+        "positional_embedding",
+        "token_embedding.weight",
+        "ln_final.weight",
+    ]
     for key in required:
         if key not in state_dict:
-            raise KeyError(f"missing tensor {key!r}: not a CLIP state dict in OpenAI/open_clip layout")
+            raise KeyError(
+                f"missing tensor {key!r}: not a CLIP state dict in OpenAI/open_clip layout"
+            )
     if "visual.proj" in state_dict:
         conv = state_dict["visual.conv1.weight"]
         grid = round((state_dict["visual.positional_embedding"].shape[0] - 1) ** 0.5)

@@ -64,6 +64,14 @@ def _torch_load(path: Path) -> object:
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path} is empty (0 bytes): expected a PyTorch checkpoint (.pt)")
+    with path.open("rb") as file:
+        magic = file.read(4)
+    # torch.save writes a zip archive; legacy files start with a pickle protocol marker.
+    if magic != b"PK\x03\x04" and magic[:1] != b"\x80":
+        raise CheckpointError(
+            f"{path} is not a PyTorch checkpoint (it starts with {magic!r}, expected a zip "
+            "archive or a pickle written by torch.save)"
+        )
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
@@ -71,8 +79,7 @@ def _torch_load(path: Path) -> object:
             raise CheckpointError(
                 f"{path} is a pickle that carries Python objects besides tensors; it was refused "
                 "because loading it could run code. Expected a state dict of tensors (re-save it "
-                "with torch.save(model.state_dict(), path)). Detail: "
-                + str(error).splitlines()[-1]
+                "with torch.save(model.state_dict(), path)). Detail: " + str(error).splitlines()[-1]
             ) from error
         raise CheckpointError(f"{path} is not a PyTorch checkpoint ({error})") from error
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as error:
@@ -87,6 +94,7 @@ def detect_format(payload: Mapping[str, object]) -> CheckpointFormat:
 
     Raises:
         CheckpointError: if the dictionary matches no supported format.
+
     """
     if "state_dict" in payload and (
         "pytorch-lightning_version" in payload or "hyper_parameters" in payload
@@ -105,11 +113,14 @@ def detect_format(payload: Mapping[str, object]) -> CheckpointFormat:
     )
 
 
-def fold_dgtrs_state_dict(state_dict: Mapping[str, Tensor], keep: int = KPS_KEEP) -> dict[str, Tensor]:
+def fold_dgtrs_state_dict(
+    state_dict: Mapping[str, Tensor], keep: int = KPS_KEEP
+) -> dict[str, Tensor]:
     """Fold the release's two positional tables into the single table open_clip uses.
 
     Raises:
         CheckpointError: if either table is missing or their shapes differ.
+
     """
     folded = dict(state_dict)
     if "positional_embedding" not in folded:
@@ -152,7 +163,9 @@ def _from_lightning(payload: Mapping[str, object]) -> dict[str, Tensor]:
         if key.startswith(_LIGHTNING_PREFIX)
     }
     if not weights:
-        raise CheckpointError("Lightning checkpoint has no 'model.*' weights: not a DGTRSCLIPTask checkpoint")
+        raise CheckpointError(
+            "Lightning checkpoint has no 'model.*' weights: not a DGTRSCLIPTask checkpoint"
+        )
     # A training checkpoint stores the frozen prefix parametrization: fold it back to one table.
     original = weights.pop("parametrizations.positional_embedding.original", None)
     prefix = weights.pop("parametrizations.positional_embedding.0.prefix", None)
@@ -178,6 +191,7 @@ def read_checkpoint(
     Raises:
         FileNotFoundError: if ``path`` does not exist.
         CheckpointError: if the file is corrupt, unsafe, or not a CLIP checkpoint.
+
     """
     path = Path(path)
     if checkpoint_format is not None and checkpoint_format not in FORMATS:
@@ -199,13 +213,16 @@ def read_checkpoint(
             state = fold_dgtrs_state_dict(_strip_prefix(payload, "module."))
         case "openai" | "open_clip":
             state = _strip_prefix(payload, "module.")
-    for key in _OPENAI_EXTRAS:
-        state.pop(key, None)
+    # Metadata entries and the causal mask are rebuilt from the architecture, never read.
+    for key in [k for k in state if k in _OPENAI_EXTRAS or k.endswith("attn_mask")]:
+        state.pop(key)
     not_tensors = [key for key, value in state.items() if not isinstance(value, Tensor)]
     if not_tensors:
         raise CheckpointError(f"{path}: entries {not_tensors[:3]} are not tensors")
     # OpenAI's files hold half-precision weights; the engine works in float32 and casts on the fly.
-    state = {key: value.float() if value.is_floating_point() else value for key, value in state.items()}
+    state = {
+        key: value.float() if value.is_floating_point() else value for key, value in state.items()
+    }
     return state, checkpoint_format
 
 
@@ -233,6 +250,7 @@ def save_checkpoint(
 
     Returns:
         The written path.
+
     """
     path = Path(path)
     state = plain_state_dict(clip)

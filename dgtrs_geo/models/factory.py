@@ -19,7 +19,13 @@ from .checkpoints import CheckpointError, CheckpointFormat, read_checkpoint
 from .kps import stretch_positional_embedding, stretched_length
 from .registry import REGISTRY, download_weights
 
-__all__ = ["EmbeddingModel", "TextTruncationWarning", "build_clip", "file_fingerprint", "load_model"]
+__all__ = [
+    "EmbeddingModel",
+    "TextTruncationWarning",
+    "build_clip",
+    "file_fingerprint",
+    "load_model",
+]
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -55,6 +61,7 @@ class EmbeddingModel:
         context_length: text tokens the model reads (248 for DGTRS-CLIP).
         model_id: stable identifier of the weights, used to key caches.
         device: where the model runs.
+
     """
 
     def __init__(self, clip: nn.Module, model_id: str, device: str | torch.device = "cpu") -> None:
@@ -88,14 +95,18 @@ class EmbeddingModel:
     def encode_image(self, images: Tensor) -> Tensor:
         """Embed a batch of preprocessed images ``[B, 3, S, S]``; returns ``[B, D]`` unit vectors."""
         if images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f"images must be a [B, 3, H, W] tensor, got shape {tuple(images.shape)}")
+            raise ValueError(
+                f"images must be a [B, 3, H, W] tensor, got shape {tuple(images.shape)}"
+            )
         with self._autocast():
             features = self.clip.encode_image(images.to(self.device, torch.float32))
         return F.normalize(features.float(), dim=-1)
 
     def encode_pil(self, images: Sequence[Image.Image]) -> Tensor:
         """Embed PIL images with the model's own preprocessing."""
-        return self.encode_image(torch.stack([self.preprocess(image.convert("RGB")) for image in images]))
+        return self.encode_image(
+            torch.stack([self.preprocess(image.convert("RGB")) for image in images])
+        )
 
     def tokenize(self, texts: Sequence[str]) -> Tensor:
         """Tokenize ``texts`` to the context length, warning (with counts) about any cut."""
@@ -172,12 +183,17 @@ def build_clip(
         quick_gelu: activation for inferred architectures.
         kps: ``(keep, ratio)`` to stretch the positional table with KPS before loading.
         source: what to call the weights in error messages.
+
     """
     if kps is not None:
         keep, ratio = kps
         state = dict(state)
-        state["positional_embedding"] = stretch_positional_embedding(state["positional_embedding"], keep, ratio)
-    context_length = state["positional_embedding"].shape[0] if "positional_embedding" in state else None
+        state["positional_embedding"] = stretch_positional_embedding(
+            state["positional_embedding"], keep, ratio
+        )
+    context_length = (
+        state["positional_embedding"].shape[0] if "positional_embedding" in state else None
+    )
     if arch is None:
         try:
             config = infer_config(state, quick_gelu=quick_gelu)
@@ -223,6 +239,7 @@ def load_model(
         FileNotFoundError: if ``source`` is neither a registered name nor an existing file.
         WeightsUnavailableError: if named weights are not cached and cannot be downloaded.
         CheckpointError: if the file is not a readable, safe CLIP checkpoint.
+
     """
     if str(device) == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -255,7 +272,9 @@ def load_model(
         stretch = (20, 4) if kps is True else tuple(kps)  # type: ignore[assignment]
         context = state["positional_embedding"].shape[0]
         if context != 77:
-            raise ValueError(f"KPS stretches 77-token models; {path.name} already has {context} positions")
+            raise ValueError(
+                f"KPS stretches 77-token models; {path.name} already has {context} positions"
+            )
     clip = build_clip(state, arch=arch, quick_gelu=quick_gelu, kps=stretch, source=str(path))
     model_id = f"{entry.name if entry else path.stem}-{file_fingerprint(path)}"
     if stretch:

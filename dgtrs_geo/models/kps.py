@@ -45,6 +45,7 @@ def stretch_positional_embedding(pe: Tensor, keep: int = 20, ratio: int = 4) -> 
 
     Raises:
         ValueError: if the shape, ``keep`` or ``ratio`` cannot give a stretched table.
+
     """
     if pe.ndim != 2:
         raise ValueError(f"positional embedding must be 2-D (L, W), got shape {tuple(pe.shape)}")
@@ -88,11 +89,14 @@ def freeze_positional_prefix(text_model: nn.Module, keep: int = 20) -> None:
     Args:
         text_model: a module with a ``positional_embedding`` parameter (open_clip's ``CLIP``).
         keep: number of leading rows to freeze; 0 leaves the model untouched.
+
     """
     if keep <= 0:
         return
     if parametrize.is_parametrized(text_model, "positional_embedding"):
-        parametrize.remove_parametrizations(text_model, "positional_embedding", leave_parametrized=True)
+        parametrize.remove_parametrizations(
+            text_model, "positional_embedding", leave_parametrized=True
+        )
     prefix = text_model.positional_embedding[:keep]
     parametrize.register_parametrization(text_model, "positional_embedding", FrozenPrefix(prefix))
 

@@ -112,13 +112,19 @@ _ENTRIES = [
         for tag in ("ViT-B-32", "ViT-L-14", "RN50")
     ),
     _openai(
-        "openai-vit-b-32", "ViT-B-32", "40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af"
+        "openai-vit-b-32",
+        "ViT-B-32",
+        "40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af",
     ),
     _openai(
-        "openai-vit-b-16", "ViT-B-16", "5806e77cd80f8b59890b7e101eabd078d9fb84e6937f9e85e4ecb61988df416f"
+        "openai-vit-b-16",
+        "ViT-B-16",
+        "5806e77cd80f8b59890b7e101eabd078d9fb84e6937f9e85e4ecb61988df416f",
     ),
     _openai(
-        "openai-vit-l-14", "ViT-L-14", "b8cca3fd41ae0c99ba7e8951adf17d267cdb84cd88be6f7c2e0eca1737a03836"
+        "openai-vit-l-14",
+        "ViT-L-14",
+        "b8cca3fd41ae0c99ba7e8951adf17d267cdb84cd88be6f7c2e0eca1737a03836",
     ),
 ]
 
@@ -158,6 +164,7 @@ def download_weights(entry: ModelEntry, *, progress: bool = True) -> Path:
         WeightsUnavailableError: offline or on any download failure, naming the file to fetch and
             where to put it.
         ValueError: if the downloaded file does not match the published sha256.
+
     """
     target = weights_path(entry)
     if target.is_file():
@@ -171,9 +178,16 @@ def download_weights(entry: ModelEntry, *, progress: bool = True) -> Path:
         with requests.get(entry.url, stream=True, timeout=30) as response:
             response.raise_for_status()
             total = int(response.headers.get("content-length", 0)) or None
-            with partial.open("wb") as file, tqdm(
-                total=total, unit="B", unit_scale=True, desc=entry.filename, disable=not progress
-            ) as bar:
+            with (
+                partial.open("wb") as file,
+                tqdm(
+                    total=total,
+                    unit="B",
+                    unit_scale=True,
+                    desc=entry.filename,
+                    disable=not progress,
+                ) as bar,
+            ):
                 for chunk in response.iter_content(chunk_size=1 << 20):
                     file.write(chunk)
                     bar.update(len(chunk))
