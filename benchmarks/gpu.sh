@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Localization benchmark on one GPU with a random-weight DGTRS ViT-B/16, printed as JSON.
+# One call, under 5 minutes on an H100: encode throughput vs bare encode_image, query latency on
+# an indexed 10k x 10k raster, peak RSS while indexing 5k and 20k rasters, speed-up over the
+# reference recipe. Needs an interpreter with dgtrs-geo's dependencies (PYTHON, or .venv).
+# Usage: bash benchmarks/gpu.sh            (writes $OUT/localize-gpu.json when OUT is set)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python="${PYTHON:-python3}"
+[ -x .venv/bin/python ] && python=.venv/bin/python
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+out="${OUT:-.}/localize-gpu.json"
+timeout 285 "$python" benchmarks/localize.py \
+    --arch dgtrs-vit-b-16 --device cuda --batch 256 \
+    --encode-size 8192 --query-size 10000 --rss-sizes 5000,20000 --reference-size 384 \
+    | tee "$out"
+echo "wrote $out" >&2

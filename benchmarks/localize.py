@@ -1,0 +1,261 @@
+"""Localization throughput, query latency, memory and speed-up over the reference recipe, as JSON.
+
+Usage: python benchmarks/localize.py [--arch dgtrs-tiny] [--device cpu] [--only a,b,c,d]
+
+(a) windows/s of the full encode pipeline (windowed reads, DataLoader, device resize, batched
+    encode) vs windows/s of bare ``encode_image`` on ready tensors, same model, batch and device;
+(b) latency of a new query on an already indexed 10k x 10k raster (text forward included). The
+    index holds the raster's full plan; its embeddings are random unit vectors, since latency
+    does not depend on their values and encoding 10^8 pixels would take this CPU most of an hour;
+(c) peak RSS while indexing 5k x 5k and 20k x 20k rasters (each in a fresh process), to show the
+    memory does not grow with the raster beyond the index itself;
+(d) the same raster, model and queries through a straightforward reference implementation written
+    here (one crop at a time via a JPEG file, per-pixel Python accumulation) vs ``localize``.
+Rasters are sparse tiled GeoTIFFs (only the tiles written take disk) or small random ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import rasterio
+import torch
+from PIL import Image
+from rasterio.transform import from_origin
+
+from dgtrs_geo.localization import EmbeddingIndex, localize, plan_windows
+from dgtrs_geo.localization.api import _plan_meta
+from dgtrs_geo.localization.encode import encode_windows
+from dgtrs_geo.localization.raster import RasterSource
+from dgtrs_geo.models import EmbeddingModel, create_clip
+
+
+def make_model(arch: str, device: str) -> EmbeddingModel:
+    torch.manual_seed(0)
+    return EmbeddingModel(create_clip(arch), model_id=f"random-{arch}", device=device)
+
+
+def make_raster(path: Path, size: int, fill: str = "sparse") -> Path:
+    """A tiled GeoTIFF; ``sparse`` writes one tile of texture, ``random`` writes all pixels."""
+    profile = {
+        "driver": "GTiff", "width": size, "height": size, "count": 3, "dtype": "uint8",
+        "tiled": True, "blockxsize": 256, "blockysize": 256, "sparse_ok": True,
+        "crs": "EPSG:32633", "transform": from_origin(500000, 4000000, 0.5, 0.5),
+    }  # fmt: skip
+    rng = np.random.default_rng(0)
+    with rasterio.open(path, "w", **profile) as dst:
+        if fill == "random":
+            dst.write(rng.integers(0, 255, (3, size, size), dtype=np.uint8))
+        else:
+            dst.write(
+                rng.integers(0, 255, (3, 256, 256), dtype=np.uint8), window=((0, 256), (0, 256))
+            )
+    return path
+
+
+def bench_encode(model, tmp: Path, size: int, batch: int, num_workers: int | None) -> dict:
+    raster = make_raster(tmp / "a.tif", size, fill="random")
+    source = RasterSource(raster)
+    plan = plan_windows(size, size, (256, 512, 768))
+    encode_windows(model, source, plan.windows[:batch], batch_size=batch)  # warm-up
+    start = time.perf_counter()
+    kept, _ = encode_windows(model, source, plan.windows, batch_size=batch, num_workers=num_workers)
+    pipeline_s = time.perf_counter() - start
+    x = torch.randn(batch, 3, model.image_size, model.image_size, device=model.device)
+    model.encode_image(x)
+    start = time.perf_counter()
+    for _ in range(-(-len(plan) // batch)):
+        model.encode_image(x)
+    if model.device.type == "cuda":
+        torch.cuda.synchronize()
+    bare_s = time.perf_counter() - start
+    pipeline, bare = len(kept) / pipeline_s, len(plan) / bare_s
+    return {
+        "raster_px": size, "windows": len(plan), "batch": batch,
+        "pipeline_windows_per_s": round(pipeline, 1), "bare_encode_windows_per_s": round(bare, 1),
+        "ratio": round(pipeline / bare, 3),
+    }  # fmt: skip
+
+
+def bench_query(model, tmp: Path, size: int) -> dict:
+    raster = make_raster(tmp / "q.tif", size)
+    source = RasterSource(raster)
+    plan = plan_windows(size, size, (256, 512, 768))
+    rng = np.random.default_rng(0)
+    embeddings = rng.normal(size=(len(plan), model.embed_dim)).astype(np.float32)
+    embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
+    index = EmbeddingIndex.create(
+        model_id=model.model_id, fingerprint=source.fingerprint(), raster=source.describe(),
+        plan=_plan_meta(plan, False, 0.5), windows=plan.windows, embeddings=embeddings,
+    )  # fmt: skip
+    index.save(tmp / "q-index")
+    kwargs = {"index": tmp / "q-index", "stretch": "none"}
+    localize(raster, "warm-up", model, **kwargs)
+    times = {}
+    for label, extra in (
+        ("compute_s", {}),
+        ("with_geotiff_and_gpkg_s", {"out_dir": tmp / "q-out", "outputs": ("heatmap", "polygons")}),
+    ):
+        start = time.perf_counter()
+        localize(
+            raster,
+            f"a tennis court between two white buildings ({label})",
+            model,
+            **kwargs,
+            **extra,
+        )
+        times[label] = round(time.perf_counter() - start, 3)
+    return {"raster_px": size, "windows": len(plan), **times}
+
+
+def _rss_child(raster: str, arch: str, device: str, index_dir: str) -> None:
+    from dgtrs_geo.localization import build_index
+
+    model = make_model(arch, device)
+    model.encode_image(torch.zeros(1, 3, model.image_size, model.image_size, device=model.device))
+    before_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    start = time.perf_counter()
+    index = build_index(raster, model, index_dir=index_dir, stretch="none")
+    seconds = time.perf_counter() - start
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(
+        json.dumps(
+            {
+                "windows": len(index),
+                "index_s": round(seconds, 1),
+                "rss_after_model_load_mib": round(before_mib, 1),
+                "peak_rss_mib": round(peak_mib, 1),
+                "indexing_added_mib": round(peak_mib - before_mib, 1),
+            }
+        )
+    )
+
+
+def bench_rss(arch: str, device: str, tmp: Path, sizes: list[int]) -> list[dict]:
+    rows = []
+    for size in sizes:
+        raster = make_raster(tmp / f"r{size}.tif", size)
+        out = subprocess.run(
+            [sys.executable, __file__, "--rss-child", str(raster), "--arch", arch, "--device", device,
+             "--index-dir", str(tmp / f"idx{size}"), "--threads", str(torch.get_num_threads())],
+            check=True, capture_output=True, text=True,
+        ).stdout  # fmt: skip
+        row = json.loads(out.strip().splitlines()[-1])
+        index_mib = sum(p.stat().st_size for p in (tmp / f"idx{size}").rglob("*.npy")) / 2**20
+        rows.append({"raster_px": size, **row, "index_mib": round(index_mib, 1)})
+    return rows
+
+
+def naive_reference(image: np.ndarray, queries: list[str], model, scales, tmp: Path) -> list:
+    """The published recipe as its authors ran it: crops through JPEG files, one forward each."""
+    height, width = image.shape[:2]
+    windows = set()
+    for s in scales:
+        for offset in (0, s // 2):
+            for y in range(offset, height, s):
+                for x in range(offset, width, s):
+                    w, h = min(s, width), min(s, height)
+                    windows.add((min(x, width - w), min(y, height - h), w, h))
+    windows = sorted(windows)
+    maps = []
+    for query in queries:
+        text = model.encode_text([query])[0]
+        scores = []
+        for i, (x, y, w, h) in enumerate(windows):
+            crop_path = tmp / f"crop{i}.jpg"
+            Image.fromarray(image[y : y + h, x : x + w]).save(crop_path)
+            crop = Image.open(crop_path).convert("RGB").resize((256, 256), Image.BICUBIC)
+            scores.append(float(model.encode_image(model.preprocess(crop)[None])[0] @ text))
+        heat = np.zeros((height, width))
+        for py in range(height):
+            for px in range(width):
+                covering = [s for (x, y, w, h), s in zip(windows, scores, strict=True)
+                            if x <= px < x + w and y <= py < y + h]  # fmt: skip
+                heat[py, px] = sum(covering) / len(covering)
+        maps.append(heat)
+    return maps
+
+
+def bench_reference(model, tmp: Path, size: int, scales: tuple[int, ...]) -> dict:
+    raster = make_raster(tmp / "ref.tif", size, fill="random")
+    with rasterio.open(raster) as src:
+        image = src.read().transpose(1, 2, 0)
+    queries = ["a red roof", "a swimming pool"]
+    start = time.perf_counter()
+    naive_reference(image, queries, model, scales, tmp)
+    naive_s = time.perf_counter() - start
+    start = time.perf_counter()
+    localize(raster, queries, model, scales=scales, index_dir=tmp / "ref-idx", out_dir=tmp / "ref-out",
+             outputs=("heatmap", "polygons"))  # fmt: skip
+    first_s = time.perf_counter() - start
+    start = time.perf_counter()
+    localize(raster, queries, model, scales=scales, index_dir=tmp / "ref-idx", out_dir=tmp / "ref-out",
+             outputs=("heatmap", "polygons"))  # fmt: skip
+    again_s = time.perf_counter() - start
+    return {
+        "raster_px": size, "scales": list(scales), "queries": len(queries),
+        "naive_reference_s": round(naive_s, 2), "localize_first_s": round(first_s, 2),
+        "localize_indexed_s": round(again_s, 3),
+        "speedup_first": round(naive_s / first_s, 1), "speedup_indexed": round(naive_s / again_s, 1),
+    }  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--arch", default="dgtrs-tiny")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--num-workers", type=int, default=None)
+    parser.add_argument("--encode-size", type=int, default=2048)
+    parser.add_argument("--query-size", type=int, default=10000)
+    parser.add_argument("--rss-sizes", default="5000,20000")
+    parser.add_argument("--reference-size", type=int, default=384)
+    parser.add_argument("--only", default="a,b,c,d")
+    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--rss-child")
+    parser.add_argument("--index-dir")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.rss_child:
+        _rss_child(args.rss_child, args.arch, args.device, args.index_dir)
+        return
+    model = make_model(args.arch, args.device)
+    report: dict = {
+        "benchmark": "localize", "arch": args.arch, "device": args.device,
+        "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "load_avg_1min": os.getloadavg()[0], "torch": torch.__version__, "python": platform.python_version(),
+        "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
+    }  # fmt: skip
+    only = set(args.only.split(","))
+    with tempfile.TemporaryDirectory() as name:
+        tmp = Path(name)
+        if "a" in only:
+            report["a_encode"] = bench_encode(
+                model, tmp, args.encode_size, args.batch, args.num_workers
+            )
+        if "b" in only:
+            report["b_query_latency"] = bench_query(model, tmp, args.query_size)
+        if "c" in only:
+            sizes = [int(s) for s in args.rss_sizes.split(",")]
+            report["c_index_peak_rss"] = bench_rss(args.arch, args.device, tmp, sizes)
+        if "d" in only:
+            report["d_vs_reference"] = bench_reference(
+                model, tmp, args.reference_size, (64, 128, 192)
+            )
+    json.dump(report, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+"""SyntheticScenes datamodule."""
+
+from collections.abc import Sequence
+
+from ..datasets.synthetic import SyntheticScenes
+from .base import CLIP_MEAN, CLIP_STD, ImageTextDataModule
+
+
+class SyntheticScenesDataModule(ImageTextDataModule):
+    """LightningDataModule for :class:`~dgtrs_geo.datasets.SyntheticScenes`.
+
+    Each split draws its own scenes, so validation and test scenes are never
+    seen in training.
+    """
+
+    def __init__(
+        self,
+        batch_size: int = 32,
+        num_workers: int = 0,
+        image_size: int = 224,
+        train_length: int = 2000,
+        val_length: int = 200,
+        test_length: int = 200,
+        scene_size: int = 64,
+        num_objects: tuple[int, int] = (2, 4),
+        late_token: int = 77,
+        max_tokens: int = 248,
+        seed: int = 0,
+        mean: Sequence[float] = CLIP_MEAN,
+        std: Sequence[float] = CLIP_STD,
+    ) -> None:
+        """Initialize a new SyntheticScenesDataModule instance.
+
+        Args:
+            batch_size: Size of each mini-batch.
+            num_workers: Number of workers for parallel data loading.
+            image_size: The model's input size; scenes are resized to it.
+            train_length: Number of training scenes.
+            val_length: Number of validation scenes.
+            test_length: Number of test (and predict) scenes.
+            scene_size: Width and height the scenes are drawn at.
+            num_objects: Inclusive range of objects per scene.
+            late_token: Token position from which the object facts start in the
+                long descriptions.
+            max_tokens: Token budget of the long descriptions.
+            seed: Seed of the whole dataset.
+            mean: Normalisation mean (``model.mean``).
+            std: Normalisation standard deviation (``model.std``).
+        """
+        super().__init__(
+            SyntheticScenes,
+            batch_size,
+            num_workers,
+            image_size,
+            mean,
+            std,
+            scene_size=scene_size,
+            num_objects=num_objects,
+            late_token=late_token,
+            max_tokens=max_tokens,
+            seed=seed,
+        )
+        self.lengths = {"train": train_length, "val": val_length, "test": test_length}
+
+    def setup(self, stage: str) -> None:
+        """Set up the scenes of a stage.
+
+        Args:
+            stage: Either 'fit', 'validate', 'test', or 'predict'.
+        """
+
+        def make(split: str) -> SyntheticScenes:
+            return SyntheticScenes(split=split, length=self.lengths[split], **self.kwargs)
+
+        if stage == "fit":
+            self.train_dataset = make("train")
+        if stage in ("fit", "validate"):
+            self.val_dataset = make("val")
+        if stage == "test":
+            self.test_dataset = make("test")
+        if stage == "predict":
+            self.predict_dataset = make("test")

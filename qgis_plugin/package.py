@@ -1,0 +1,100 @@
+"""Build the plugin zip that QGIS's "Install from ZIP" accepts.
+
+Usage (from the repository root, in the dev environment)::
+
+    python -m qgis_plugin.package              # -> dist/dgtrs_geo_qgis-<version>.zip
+
+The zip holds one folder, ``dgtrs_geo_qgis/``, with the plugin's modules, the top-level
+``metadata.txt`` (the single source of the plugin's metadata) and qgis-plugin-tools vendored
+inside the plugin (its documented submodule layout), so the plugin needs nothing installed in
+QGIS's Python. The engine is not in the zip: it runs in its own environment (see docs/qgis.md).
+This module itself is left out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import configparser
+import os
+import sys
+import zipfile
+from pathlib import Path
+from typing import Iterator, List, Optional, Tuple
+
+PLUGIN_DIR = Path(__file__).resolve().parent
+ROOT = PLUGIN_DIR.parent
+#: The plugin's folder name inside the zip (and in the QGIS profile): a Python identifier.
+SLUG = "dgtrs_geo_qgis"
+_SKIP_DIRS = {"__pycache__", ".pytest_cache"}
+_SKIP_FILES = {"package.py", "metadata.txt"}
+_SKIP_SUFFIXES = {".pyc", ".pyo"}
+
+
+def plugin_version(metadata: Path = ROOT / "metadata.txt") -> str:
+    """Return the version in ``metadata.txt``."""
+    parser = configparser.ConfigParser()
+    parser.read(metadata, encoding="utf-8")
+    return parser["general"]["version"]
+
+
+def _files(folder: Path, skip_files: frozenset = frozenset()) -> Iterator[Path]:
+    for path in sorted(folder.rglob("*")):
+        if any(part in _SKIP_DIRS for part in path.relative_to(folder).parts):
+            continue
+        if path.is_file() and path.name not in skip_files and path.suffix not in _SKIP_SUFFIXES:
+            yield path
+
+
+def _tools_dir() -> Path:
+    try:
+        import qgis_plugin_tools
+    except ImportError:
+        raise SystemExit(
+            "qgis-plugin-tools is vendored into the zip: install it first "
+            "('python -m pip install qgis-plugin-tools')"
+        ) from None
+    return Path(qgis_plugin_tools.__file__).resolve().parent
+
+
+def zip_entries() -> List[Tuple[Path, str]]:
+    """Return ``(source file, name in the zip)`` for every file the zip holds."""
+    entries = [
+        (path, "{}/{}".format(SLUG, path.relative_to(PLUGIN_DIR).as_posix()))
+        for path in _files(PLUGIN_DIR, frozenset(_SKIP_FILES))
+    ]
+    entries.append((ROOT / "metadata.txt", "{}/metadata.txt".format(SLUG)))
+    tools = _tools_dir()
+    entries += [
+        (path, "{}/qgis_plugin_tools/{}".format(SLUG, path.relative_to(tools).as_posix()))
+        for path in _files(tools)
+    ]
+    return entries
+
+
+def build(output_dir: Path) -> Path:
+    """Write ``<output_dir>/dgtrs_geo_qgis-<version>.zip`` atomically and return its path."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    target = output_dir / "{}-{}.zip".format(SLUG, plugin_version())
+    partial = target.with_name(target.name + ".partial")
+    with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as archive:
+        for source, name in zip_entries():
+            archive.write(source, name)
+    os.replace(partial, target)
+    return target
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Command line: build the zip and print its path."""
+    parser = argparse.ArgumentParser(
+        prog="python -m qgis_plugin.package", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument(
+        "--output", type=Path, default=ROOT / "dist", help="folder for the zip (default: dist/)"
+    )
+    args = parser.parse_args(argv)
+    print(build(args.output))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

