@@ -320,7 +320,12 @@ def _raster_kwargs(args: argparse.Namespace) -> dict:
 
     aoi = args.aoi
     if aoi and not os.path.exists(aoi):
-        aoi = [float(v) for v in aoi.split(",")]
+        try:
+            aoi = [float(v) for v in aoi.split(",")]
+        except ValueError:
+            raise ValueError(
+                f"--aoi {aoi!r} is neither an existing vector file nor minx,miny,maxx,maxy"
+            ) from None
     return {
         "scales": args.scales or REFERENCE_SCALES,
         "scale_unit": args.scale_unit,

@@ -17,10 +17,14 @@ On start the worker writes ``{"id": null, "event": "ready", "result": {...}}``. 
 - ``ping``: answers at once, even while a job runs (liveness).
 - ``diagnostics``: interpreter, versions, torch device, model cache, what is warm.
 - ``count_tokens`` ``{text, model?}``: CLIP BPE tokens incl. start/end, and the context length.
-- ``index`` ``{raster, model, device, bands, scales, extent, index_dir}``: build (or reuse) the
-  embedding index of a raster (a job).
-- ``localize`` ``{raster, queries, model, device, bands, scales, extent, threshold, index_dir,
-  output_dir}``: heatmaps and polygons for each query (a job).
+- ``index`` ``{raster, model, device?, bands?, scales?, scale_unit?, extent?, index_dir?}``:
+  build (or reuse) the embedding index of a raster (a job). ``extent`` is
+  ``[minx, miny, maxx, maxy]`` in the raster's CRS; ``scales`` are window sizes in
+  ``scale_unit`` (``"px"`` or ``"m"``). Result: ``{index, windows, model_id, warm}``.
+- ``localize`` ``{raster, queries, model, output_dir, device?, bands?, scales?, scale_unit?,
+  extent?, threshold?, index_dir?}``: a heatmap GeoTIFF and polygons GeoPackage per query, in
+  ``output_dir`` (a job). Result: ``{model_id, index_warm, windows, results: [{query, heatmap,
+  polygons, polygon_count, best, score_max, threshold, crs}]}``.
 - ``cancel`` ``{target}``: stop the job with id ``target`` (queued or running).
 - ``shutdown``: cancel everything and exit.
 

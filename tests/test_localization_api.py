@@ -335,3 +335,66 @@ def test_uint16_raster_smaller_than_windows_and_png_without_crs(tmp_path: Path) 
     assert plain.crs is None
     # Pixel coordinates: x = column, y = row.
     assert 40 <= plain.best[0] <= 56 and 8 <= plain.best[1] <= 24
+
+
+def test_index_stores_the_nodata_mask_of_the_default_grid(tmp_path: Path, monkeypatch) -> None:
+    raster = _raster(tmp_path / "nd.tif", "EPSG:32633", from_origin(0, 256, 1, 1), nodata_cols=96)
+    index = build_index(raster, RednessModel(), scales=(64,), index_dir=tmp_path)
+    assert index.meta["valid_cell"] == 4 and index.valid.shape == (64, 64)
+    assert not index.valid[:, :24].any() and index.valid[:, 24:].all()
+    loaded = EmbeddingIndex.load(index.path)
+    np.testing.assert_array_equal(loaded.valid, index.valid)
+    # Queries on the default grid use the stored mask instead of reading the raster's.
+    from dgtrs_geo.localization.raster import RasterSource
+
+    def unexpected(*args, **kwargs):
+        raise AssertionError("the raster's mask was read again")
+
+    monkeypatch.setattr(RasterSource, "valid_grid", unexpected)
+    (result,) = localize(raster, "red", RednessModel(), scales=(64,), index_dir=tmp_path)
+    assert np.isnan(result.heatmap[:, :24]).all() and np.isfinite(result.heatmap[:, 24:]).all()
+
+
+def test_no_region_above_threshold_writes_an_empty_typed_layer(tmp_path: Path) -> None:
+    raster = _raster(tmp_path / "scene.tif", "EPSG:32633", from_origin(0, 256, 1, 1))
+    (result,) = localize(
+        raster, "red", RednessModel(), scales=(64,), threshold=1.5, out_dir=tmp_path / "o",
+        outputs=("polygons",), index_dir=tmp_path,
+    )  # fmt: skip
+    assert result.polygons.empty and set(result.paths) == {"polygons"}
+    layer = gpd.read_file(result.paths["polygons"])
+    assert layer.empty and list(layer.columns) == [
+        "query",
+        "score_max",
+        "score_mean",
+        "area",
+        "geometry",
+    ]
+    assert layer.crs.to_epsg() == 32633
+
+
+def test_aoi_inside_an_indexed_raster_reuses_the_whole_index(tmp_path: Path) -> None:
+    transform = from_origin(500000, 4000000, 10, 10)
+    raster = _raster(tmp_path / "scene.tif", "EPSG:32633", transform)
+    model = RednessModel()
+    whole = build_index(raster, model, scales=(64,), index_dir=tmp_path)
+    calls = model.image_calls
+    aoi = (
+        500000 + 1200,
+        4000000 - 1500,
+        500000 + 2500,
+        4000000 - 100,
+    )  # cols 120..250, rows 10..150
+    (result,) = localize(raster, "red", model, scales=(64,), aoi=aoi, index_dir=tmp_path)
+    assert model.image_calls == calls
+    assert result.transform == transform @ Affine.translation(120, 10) @ Affine.scale(4)
+    minx, miny, maxx, maxy = _square_bounds(transform)
+    assert minx <= result.best[0] <= maxx and miny <= result.best[1] <= maxy
+    part = build_index(raster, model, scales=(64,), aoi=aoi, index_dir=tmp_path)
+    assert part.path is None and part.meta["subset_of"] == str(whole.path)
+    # Windows overlapping columns 120..250 and rows 10..150, and no others.
+    w = part.windows
+    assert ((w[:, 0] < 250) & (w[:, 0] + w[:, 2] > 120) & (w[:, 1] < 150)).all()
+    assert len(part) < len(whole)
+    # The worker's way: the subset passed back in as ``index`` fits the AOI's plan.
+    localize(raster, "red", model, scales=(64,), aoi=aoi, index=part)

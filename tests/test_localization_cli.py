@@ -64,6 +64,8 @@ def test_localize_errors_are_clear(raster, tiny_checkpoint, tmp_path, capsys) ->
     assert "band index 9 is out of range" in capsys.readouterr().err
     assert main([*args[:2], "", *args[3:]]) == 2
     assert "non-empty" in capsys.readouterr().err
+    assert main([*args, "--aoi", "1,2,three,4"]) == 2
+    assert "neither an existing vector file nor minx,miny,maxx,maxy" in capsys.readouterr().err
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
 
 

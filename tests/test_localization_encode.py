@@ -79,3 +79,12 @@ def test_auto_cell() -> None:
     assert auto_cell((32,), 100, 100) == 2
     assert auto_cell((8,), 100, 100) == 1
     assert auto_cell((16,), 100000, 500) == 25  # 4096 cells at most along the longer side
+
+
+def test_default_batch_size_follows_free_gpu_memory(monkeypatch) -> None:
+    from dgtrs_geo.localization import encode
+
+    assert encode.default_batch_size(torch.device("cpu")) == 32
+    for free, expected in ((70 * 2**30, 1024), (10 * 2**30, 128), (100 * 2**20, 16)):
+        monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device, f=free: (f, 80 * 2**30))
+        assert encode.default_batch_size(torch.device("cuda")) == expected

@@ -318,7 +318,7 @@ def test_dock_reports_and_restarts_a_killed_worker(
     wait_until(lambda: any("encoded" in s for s in statuses) or dock.task is None)
     assert dock.task is not None, dock.status.text()
     client = manager.current_client()
-    old_pid = client.pid
+    old_pid, restarts = client.pid, client.restarts
     os.kill(old_pid, 9)
     wait_until(lambda: dock.task is None, timeout=10)
     assert "stopped unexpectedly" in dock.status.text()
@@ -326,7 +326,7 @@ def test_dock_reports_and_restarts_a_killed_worker(
     assert any("restarted" in m for m in qgis_iface.messageBar().get_messages(1))
     # The dock restarts the worker on its own.
     wait_until(lambda: dock.status.text().startswith("Backend ready"), timeout=180)
-    assert client.alive and client.pid != old_pid and client.restarts == 1
+    assert client.alive and client.pid != old_pid and client.restarts == restarts + 1
     QgsProject.instance().removeMapLayer(big)
 
 
@@ -506,6 +506,74 @@ def test_qgis_process_runs_localize_from_a_fresh_profile(
     assert QgsVectorLayer(str(tmp_path / "polygons.gpkg"), "p", "ogr").featureCount() >= 1
 
 
+_DESKTOP_CHECK = """
+import json, qgis.utils
+from qgis.core import QgsApplication
+from qgis.PyQt.QtCore import QTimer
+
+def check():
+    plugin = qgis.utils.plugins.get("dgtrs_geo_qgis")
+    out = {"loaded": plugin is not None}
+    if plugin is not None:
+        out["provider"] = QgsApplication.processingRegistry().providerById("dgtrsgeo") is not None
+        out["actions"] = len(plugin.actions)
+        plugin.dock.show()
+        out["dock_visible"] = plugin.dock.isVisible()
+        qgis.utils.unloadPlugin("dgtrs_geo_qgis")
+        out["provider_after_unload"] = (
+            QgsApplication.processingRegistry().providerById("dgtrsgeo") is not None
+        )
+    with open(RESULT, "w") as f:
+        json.dump(out, f)
+    QgsApplication.exit(0)
+
+QTimer.singleShot(2000, check)
+"""
+
+
+def test_zip_loads_in_qgis_desktop_from_a_fresh_profile(plugin_zip, tmp_path) -> None:
+    import json
+    import subprocess
+    import zipfile
+
+    profile = tmp_path / "profiles" / "default"
+    (profile / "QGIS").mkdir(parents=True)
+    zipfile.ZipFile(plugin_zip).extractall(profile / "python" / "plugins")
+    (profile / "QGIS" / "QGIS3.ini").write_text("[PythonPlugins]\ndgtrs_geo_qgis=true\n")
+    result = tmp_path / "result.json"
+    script = tmp_path / "check.py"
+    script.write_text(f"RESULT = {str(result)!r}\n" + _DESKTOP_CHECK)
+    env = dict(os.environ, DGTRS_GEO_PYTHON=sys.executable, DGTRS_GEO_CACHE=str(tmp_path / "cache"))
+    env.pop("QT_QPA_PLATFORM", None)
+    env.pop("PYTHONPATH", None)
+    run = subprocess.run(
+        [
+            "xvfb-run",
+            "-a",
+            "/usr/bin/qgis.bin",
+            "--profiles-path",
+            str(tmp_path),
+            "--nologo",
+            "--noversioncheck",
+            "--code",
+            str(script),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert run.returncode == 0 and result.is_file(), run.stdout[-2000:] + run.stderr[-2000:]
+    assert json.loads(result.read_text()) == {
+        "loaded": True,
+        "provider": True,
+        "actions": 2,
+        "dock_visible": True,
+        "provider_after_unload": False,
+    }
+
+
 # --- settings dialog --------------------------------------------------------------------------
 
 
@@ -603,6 +671,8 @@ def test_dock_with_result_layers_renders_offscreen(
     assert 0 < changed < total, (changed, total)
     assert_covers(heat, base)
 
+    # After a run the dock refreshes the token count from the (now running) worker.
+    wait_until(lambda: dock.token_label.text().startswith("8 / 248"), timeout=10)
     dock.resize(360, size[1])
     panel = dock.widget().grab().toImage()
     picture = QImage(

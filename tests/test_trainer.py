@@ -184,3 +184,14 @@ def test_torchgeo_cli_rejects_unknown_key(tmp_path: Path) -> None:
     args = ["fit", "--config", str(CONF / "dgtrs_clip.yaml"), "--model.init_args.learning_rate=1"]
     with pytest.raises(SystemExit):
         main([*args, "--trainer.default_root_dir", str(tmp_path)])
+
+
+@pytest.mark.parametrize(
+    "recipe", sorted((CONF.parents[1] / "trainers").glob("*.yaml")), ids=lambda p: p.name
+)
+def test_recipes_validate_against_the_cli(recipe: Path, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(recipe), "--print_config"])
+    assert exit_info.value.code in (0, None)
+    printed = capsys.readouterr().out
+    assert "class_path: dgtrs_geo.trainers.DGTRSCLIPTask" in printed

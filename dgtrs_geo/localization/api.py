@@ -202,6 +202,20 @@ def _build_or_load(
         if progress is not None:
             progress(1.0, f"reused embedding index {path.name} ({len(index)} windows)")
         return index
+    full = plan_windows(source.width, source.height, plan.scales)
+    if plan.region != full.region and not rebuild:
+        # An area of interest inside a raster already indexed whole (a map view that moved)
+        # reads the windows over it from that index instead of encoding again.
+        full_meta = _plan_meta(full, reference_mode, min_valid)
+        key = index_key(model.model_id, fingerprint, raster, full_meta)
+        full_path = directory / f"{source.path.stem}-{key}.dgtrs-index"
+        if full_path.exists():
+            index = EmbeddingIndex.load(full_path)
+            index.check(model.model_id, fingerprint, raster, full_meta)
+            part = index.subset(plan.region, plan_meta)
+            if progress is not None:
+                progress(1.0, f"reused {len(part)} windows of embedding index {full_path.name}")
+            return part
     if progress is not None:
         progress(0.0, f"encoding {len(plan)} windows of {source.path.name}")
     kept, embeddings = encode_windows(
@@ -220,6 +234,9 @@ def _build_or_load(
             f"no window of {source.path.name} has at least {min_valid:.0%} valid pixels: the "
             "raster (or the area of interest) is all nodata, or the bands chosen are empty"
         )
+    # The mask of the default grid is stored so queries need not read the raster's mask again.
+    cell = auto_cell(plan.scales, plan.region[2], plan.region[3])
+    shape = grid_windows(plan.windows[:1], plan.region, cell)[1]
     index = EmbeddingIndex.create(
         model_id=model.model_id,
         fingerprint=fingerprint,
@@ -227,6 +244,8 @@ def _build_or_load(
         plan=plan_meta,
         windows=plan.windows[kept],
         embeddings=embeddings,
+        valid=source.valid_grid(shape, plan.region),
+        valid_cell=cell,
     )
     index.save(path)
     return index
@@ -493,7 +512,12 @@ def _score(
     means = accumulate(boxes, scores, shape)
     transform = source.transform @ Affine.translation(col0, row0) @ Affine.scale(cell)
     invalid = np.zeros(shape, dtype=bool)
-    valid = source.valid_grid(shape, plan.region)
+    if index.meta.get("valid_cell") == cell and index.valid is not None:
+        valid = index.valid
+    elif index.meta.get("valid_cell") == cell:
+        valid = None  # the index found every pixel valid
+    else:
+        valid = source.valid_grid(shape, plan.region)
     if valid is not None:
         invalid |= ~valid
     if geoms:

@@ -8,6 +8,7 @@ the device runs out of memory, and the run goes on.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable, Iterator, Sequence
 
@@ -27,6 +28,10 @@ ProgressFn = Callable[[float, str], None]
 
 # Side every crop is resized to before the model's own preprocessing in the published recipe.
 REFERENCE_CROP_SIZE = 256
+
+# GPU memory one window may take: a 768 px uint8 window, its float copy and resize, and a
+# ViT-B/16 forward at 224 px, with room to spare; larger models rely on out-of-memory halving.
+GPU_BYTES_PER_WINDOW = 48 * 2**20
 
 # GDAL's block cache while encoding. Its default (5 % of RAM) lets memory grow with the raster;
 # windows are read row by row, so a few rows of the largest window are all the cache reuses.
@@ -138,8 +143,17 @@ def _is_oom(error: BaseException) -> bool:
 
 
 def default_batch_size(device: torch.device) -> int:
-    """Return the starting batch size for ``device``; out-of-memory halving adapts it from there."""
-    return 256 if device.type == "cuda" else 32
+    """Return the starting batch size for ``device``; out-of-memory halving adapts it from there.
+
+    On CUDA: the largest power of two of windows that fits the free memory at
+    :data:`GPU_BYTES_PER_WINDOW` each, between 16 and 1024. On CPU: 32, which already keeps
+    every core busy.
+    """
+    if device.type != "cuda":
+        return 32
+    free, _ = torch.cuda.mem_get_info(device)
+    fits = max(1, free // GPU_BYTES_PER_WINDOW)
+    return int(min(1024, max(16, 2 ** int(math.log2(fits)))))
 
 
 def encode_windows(

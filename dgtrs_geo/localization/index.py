@@ -9,6 +9,9 @@ Format (a directory, version 1), readable with numpy and json alone::
         windows.npy       int64 [N, 4]   col_off, row_off, width, height in raster pixels
         footprints.npy    float64 [N, 4] minx, miny, maxx, maxy in the raster's CRS
         embeddings.npy    float32 [N, D] L2-normalised image embeddings
+        valid.npy         bool [rows, cols] validity (not nodata) of the default heatmap grid, whose
+                          cell side in pixels is ``valid_cell`` in index.json; only for rasters
+                          with nodata, so queries need not read the raster's mask again
 
 Only windows that were embedded are listed (mostly-nodata windows are skipped). The directory is
 written under a temporary name and renamed, so an interrupted build leaves no index behind.
@@ -79,6 +82,8 @@ class EmbeddingIndex:
         windows: int64 ``[N, 4]`` pixel windows.
         footprints: float64 ``[N, 4]`` map bounds.
         embeddings: float32 ``[N, D]``.
+        valid: bool validity of the default heatmap grid (``meta["valid_cell"]`` px cells), or
+            ``None`` when every pixel is valid.
         path: the index directory, once saved or loaded.
 
     """
@@ -87,6 +92,7 @@ class EmbeddingIndex:
     windows: np.ndarray
     footprints: np.ndarray
     embeddings: np.ndarray
+    valid: np.ndarray | None = None
     path: Path | None = None
 
     @property
@@ -112,6 +118,8 @@ class EmbeddingIndex:
         plan: dict,
         windows: np.ndarray,
         embeddings: np.ndarray,
+        valid: np.ndarray | None = None,
+        valid_cell: int | None = None,
     ) -> EmbeddingIndex:
         """Assemble an index from a build's parts (see the module docstring for the fields)."""
         transform = Affine(*raster["transform"])
@@ -125,6 +133,7 @@ class EmbeddingIndex:
             "plan": plan,
             "count": int(len(windows)),
             "dim": int(embeddings.shape[1]) if embeddings.ndim == 2 else 0,
+            "valid_cell": valid_cell if valid is not None else None,
             "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         }
         return cls(
@@ -132,6 +141,39 @@ class EmbeddingIndex:
             windows=np.asarray(windows, dtype=np.int64),
             footprints=footprints(windows, transform),
             embeddings=np.asarray(embeddings, dtype=np.float32),
+            valid=None if valid is None else np.asarray(valid, dtype=bool),
+        )
+
+    def subset(self, region: tuple[int, int, int, int], plan: dict) -> EmbeddingIndex:
+        """Return the windows that overlap ``region`` as an in-memory index for that plan.
+
+        Args:
+            region: ``(col_off, row_off, width, height)`` in pixels.
+            plan: the plan parameters of the region (stored as this subset's ``plan``).
+
+        Returns:
+            An unsaved index (``path`` None) whose ``meta["subset_of"]`` names this one.
+        """
+        col, row, width, height = region
+        w = self.windows
+        overlaps = (
+            (w[:, 0] < col + width)
+            & (w[:, 0] + w[:, 2] > col)
+            & (w[:, 1] < row + height)
+            & (w[:, 1] + w[:, 3] > row)
+        )
+        meta = {
+            **self.meta,
+            "plan": plan,
+            "count": int(overlaps.sum()),
+            "valid_cell": None,
+            "subset_of": str(self.path) if self.path else self.meta["key"],
+        }
+        return EmbeddingIndex(
+            meta=meta,
+            windows=w[overlaps],
+            footprints=self.footprints[overlaps],
+            embeddings=self.embeddings[overlaps],
         )
 
     def save(self, path: str | Path) -> Path:
@@ -146,6 +188,8 @@ class EmbeddingIndex:
             np.save(tmp / "windows.npy", self.windows)
             np.save(tmp / "footprints.npy", self.footprints)
             np.save(tmp / "embeddings.npy", self.embeddings)
+            if self.valid is not None:
+                np.save(tmp / "valid.npy", self.valid)
             (tmp / "index.json").write_text(json.dumps(self.meta, indent=2))
             if path.exists():
                 shutil.rmtree(path)
@@ -180,6 +224,7 @@ class EmbeddingIndex:
             windows=np.load(path / "windows.npy"),
             footprints=np.load(path / "footprints.npy"),
             embeddings=np.load(path / "embeddings.npy"),
+            valid=np.load(path / "valid.npy") if (path / "valid.npy").exists() else None,
             path=path,
         )
 

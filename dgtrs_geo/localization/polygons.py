@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import geopandas as gpd
 import numpy as np
+import pandas as pd
 import rasterio.features
 from affine import Affine
 from rasterio.crs import CRS
@@ -51,9 +52,10 @@ def heatmap_polygons(
     mask = np.isfinite(heatmap) & (heatmap >= threshold)
     labels, count = ndimage.label(mask)
     if count == 0:
-        return gpd.GeoDataFrame(
-            {c: [] for c in COLUMNS[:-1]}, geometry=gpd.GeoSeries([], crs=crs), crs=crs
-        )
+        # Typed empty columns, so an empty GeoPackage still has a text ``query`` field.
+        columns = {"query": pd.Series([], dtype=str)}
+        columns |= {c: pd.Series([], dtype=float) for c in COLUMNS[1:-1]}
+        return gpd.GeoDataFrame(columns, geometry=gpd.GeoSeries([], crs=crs), crs=crs)
     # Per-region statistics with bincount and ufunc.at: no sort of the labels.
     inside, values = labels[mask], heatmap[mask].astype(np.float64)
     sizes = np.bincount(inside, minlength=count + 1)

@@ -213,7 +213,7 @@ class DGTRSCLIPTask(BaseTask):
                 f"context_length={context}: KPS stretches 77-token models only; set "
                 f"context_length={clip.context_length} or start from a 77-token CLIP"
             )
-        state = {key: value for key, value in clip.state_dict().items()}
+        state = dict(clip.state_dict())
         state["positional_embedding"] = state["positional_embedding"][:context]
         quick_gelu = isinstance(
             clip.transformer.resblocks[0].mlp.gelu, open_clip.transformer.QuickGELU
