@@ -263,22 +263,22 @@ class WorkerClient:
             if event is not None:
                 last_event = now
                 kind = event.get("event")
+                # Progress and pong fall through to the cancel check below: a worker that
+                # streams progress without pause must not delay a cancel.
                 if kind == "progress":
                     if on_progress is not None:
                         on_progress(
                             float(event.get("fraction", 0.0)), str(event.get("message", ""))
                         )
-                    continue
-                if kind == "pong":
+                elif kind == "pong":
                     ping_id = None
-                    continue
-                if kind == "result":
+                elif kind == "result":
                     return dict(event.get("result") or {})
                 if kind == "error":
                     error = event.get("error") or {}
                     cls = WorkerCancelled if error.get("type") == "Cancelled" else WorkerError
                     raise cls(str(error.get("message", "unknown error")), str(error.get("type")))
-                if kind == "exit":
+                elif kind == "exit":
                     self._stderr_thread.join(timeout=2)
                     raise WorkerCrashed(
                         "the backend worker stopped unexpectedly (exit code {}); it will be "
