@@ -36,7 +36,7 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _load_model(args: argparse.Namespace):  # noqa: ANN202
+def _load_model(args: argparse.Namespace):
     from .models import load_model
 
     return load_model(args.model, device=args.device)

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from .architecture import architecture_config, create_clip, infer_config
 from .checkpoints import CheckpointError, CheckpointFormat, read_checkpoint
 from .kps import stretch_positional_embedding, stretched_length
-from .registry import REGISTRY, download_weights
+from .registry import REGISTRY, download_weights, weights_path
 
 __all__ = [
     "EmbeddingModel",
@@ -86,7 +86,7 @@ class EmbeddingModel:
         """Return the tokens ``text`` needs, start and end tokens included, before any cut."""
         return len(self.tokenizer.encode(text)) + 2
 
-    def _autocast(self):  # noqa: ANN202
+    def _autocast(self):
         if self.device.type == "cuda":
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return nullcontext()
@@ -131,7 +131,7 @@ class EmbeddingModel:
             with self._autocast():
                 features = self.clip.encode_text(tokens[start : start + batch_size].to(self.device))
             chunks.append(F.normalize(features.float(), dim=-1))
-        return torch.cat(chunks).cpu() if self.device.type != "cpu" else torch.cat(chunks)
+        return torch.cat(chunks).cpu()
 
     def to(self, device: str | torch.device) -> EmbeddingModel:
         """Move the model to ``device``; returns self."""
@@ -247,8 +247,6 @@ def load_model(
     entry = REGISTRY.get(name)
     if entry is not None:
         if not download:
-            from .registry import weights_path
-
             path = weights_path(entry)
             if not path.is_file():
                 raise FileNotFoundError(f"weights for {name!r} are not cached at {path}")
