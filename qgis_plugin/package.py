@@ -18,8 +18,11 @@ import configparser
 import os
 import sys
 import zipfile
+from importlib import metadata
 from pathlib import Path
 from typing import Iterator, List, Optional, Tuple
+
+from packaging.specifiers import SpecifierSet
 
 PLUGIN_DIR = Path(__file__).resolve().parent
 ROOT = PLUGIN_DIR.parent
@@ -28,6 +31,9 @@ SLUG = "dgtrs_geo_qgis"
 _SKIP_DIRS = {"__pycache__", ".pytest_cache"}
 _SKIP_FILES = {"package.py", "metadata.txt"}
 _SKIP_SUFFIXES = {".pyc", ".pyo"}
+#: The oldest Python that a supported QGIS ships, and the vendored tools release that runs on it.
+OLDEST_QGIS_PYTHON = "3.9"
+TOOLS_REQUIREMENT = "qgis-plugin-tools>=0.5,<1.0"
 
 
 def plugin_version(metadata: Path = ROOT / "metadata.txt") -> str:
@@ -46,13 +52,26 @@ def _files(folder: Path, skip_files: frozenset = frozenset()) -> Iterator[Path]:
 
 
 def _tools_dir() -> Path:
+    """Return the installed qgis-plugin-tools package, if it runs on the oldest supported Python."""
     try:
         import qgis_plugin_tools
     except ImportError:
         raise SystemExit(
             "qgis-plugin-tools is vendored into the zip: install it first "
-            "('python -m pip install qgis-plugin-tools')"
+            "('python -m pip install \"{}\"')".format(TOOLS_REQUIREMENT)
         ) from None
+    requires_python = metadata.metadata("qgis-plugin-tools").get("Requires-Python") or ""
+    if requires_python and not SpecifierSet(requires_python).contains(OLDEST_QGIS_PYTHON):
+        raise SystemExit(
+            "the installed qgis-plugin-tools {} needs Python {}, but the plugin must load on "
+            "Python {} (QGIS up to 3.32 on Windows): "
+            "run 'python -m pip install \"{}\"'".format(
+                metadata.version("qgis-plugin-tools"),
+                requires_python,
+                OLDEST_QGIS_PYTHON,
+                TOOLS_REQUIREMENT,
+            )
+        )
     return Path(qgis_plugin_tools.__file__).resolve().parent
 
 

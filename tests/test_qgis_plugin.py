@@ -198,6 +198,66 @@ def test_build_index_algorithm_then_warm_query(plugin, scene, tiny_checkpoint, t
     assert len(list((tmp_path / "idx").iterdir())) == 1
 
 
+def test_localize_algorithm_runs_inside_a_graphical_modeler_model(
+    plugin, scene, tiny_checkpoint, tmp_path
+) -> None:
+    """A model with the raster and the query as its inputs and the localize algorithm as its step."""
+    import processing
+    from qgis.core import (
+        QgsProcessingModelAlgorithm,
+        QgsProcessingModelChildAlgorithm,
+        QgsProcessingModelChildParameterSource,
+        QgsProcessingModelOutput,
+        QgsProcessingModelParameter,
+        QgsProcessingParameterRasterLayer,
+        QgsProcessingParameterString,
+    )
+
+    model = QgsProcessingModelAlgorithm("find", "dgtrs")
+    for parameter in (
+        QgsProcessingParameterRasterLayer("scene", "Scene"),
+        QgsProcessingParameterString("sentence", "Sentence"),
+    ):
+        model.addModelParameter(parameter, QgsProcessingModelParameter(parameter.name()))
+    step = QgsProcessingModelChildAlgorithm("dgtrsgeo:localize")
+    step.setChildId("localize")
+    step.addParameterSources(
+        "INPUT", [QgsProcessingModelChildParameterSource.fromModelParameter("scene")]
+    )
+    step.addParameterSources(
+        "QUERY", [QgsProcessingModelChildParameterSource.fromModelParameter("sentence")]
+    )
+    fixed = {"MODEL": str(tiny_checkpoint), "DEVICE": 1, "SCALES": "32", "THRESHOLD": 0.5}
+    for name, value in fixed.items():
+        step.addParameterSources(
+            name, [QgsProcessingModelChildParameterSource.fromStaticValue(value)]
+        )
+    outputs = {}
+    for name in ("OUTPUT_HEATMAP", "OUTPUT_POLYGONS"):
+        output = QgsProcessingModelOutput(name.lower())
+        output.setChildId("localize")
+        output.setChildOutputName(name)
+        outputs[name.lower()] = output
+    step.setModelOutputs(outputs)
+    model.addChildAlgorithm(step)
+    assert model.validate()[0], model.validate()[1]
+
+    out = processing.run(
+        model,
+        {
+            "scene": scene,
+            "sentence": "a bright square",
+            "localize:output_heatmap": str(tmp_path / "heat.tif"),
+            "localize:output_polygons": str(tmp_path / "polygons.gpkg"),
+        },
+    )
+    heat = QgsRasterLayer(out["localize:output_heatmap"], "heat")
+    assert heat.isValid()
+    assert_covers(heat, scene)
+    polygons = QgsVectorLayer(out["localize:output_polygons"], "polygons", "ogr")
+    assert polygons.isValid() and polygons.featureCount() >= 1 and polygons.crs() == scene.crs()
+
+
 def test_localize_algorithm_refuses_non_file_layers(plugin) -> None:
     import processing
     from qgis.core import QgsProcessingException
@@ -453,6 +513,67 @@ def test_zip_holds_one_plugin_folder_with_metadata_and_tools(plugin_zip: Path) -
     general = metadata["general"]
     assert general["qgisMinimumVersion"] == "3.22" and general["hasProcessingProvider"] == "yes"
     assert general["name"] == "DGTRS-Geo" and general["version"] == "0.1.0"
+
+
+def _python_3_9() -> str | None:
+    """A Python 3.9 interpreter on this machine (pyenv's, or one on PATH), if there is one."""
+    import glob
+    import shutil
+    import subprocess
+
+    pyenv_root = os.environ.get("PYENV_ROOT", os.path.expanduser("~/.pyenv"))
+    candidates = [shutil.which("python3.9"), "/usr/bin/python3.9"]
+    candidates += sorted(
+        glob.glob(os.path.join(pyenv_root, "versions", "3.9.*", "bin", "python3.9"))
+    )
+    for candidate in candidates:
+        if not candidate or not os.path.isfile(candidate):
+            continue
+        probe = subprocess.run(
+            [candidate, "-c", "import sys; print(sys.version_info[:2] == (3, 9))"],
+            capture_output=True,
+            text=True,
+        )
+        if probe.stdout.strip() == "True":
+            return candidate
+    return None
+
+
+def test_zip_parses_with_python_3_9_grammar(plugin_zip: Path) -> None:
+    import ast
+    import zipfile
+
+    archive = zipfile.ZipFile(plugin_zip)
+    sources = [name for name in archive.namelist() if name.endswith(".py")]
+    assert len(sources) > 20  # the plugin's modules and the vendored tools
+    for name in sources:
+        ast.parse(archive.read(name), filename=name, feature_version=(3, 9))
+
+
+def test_zip_imports_on_python_3_9(plugin_zip: Path, tmp_path: Path) -> None:
+    """Module and class bodies, decorators and eager annotations all run on QGIS's oldest Python."""
+    import subprocess
+    import zipfile
+
+    python = _python_3_9()
+    if python is None:
+        pytest.skip("no Python 3.9 interpreter on this machine (pyenv install 3.9 gives one)")
+    zipfile.ZipFile(plugin_zip).extractall(tmp_path)
+    harness = Path(__file__).parent / "data" / "qgis" / "import_without_qgis.py"
+    run = subprocess.run(
+        [python, str(harness), str(tmp_path), "dgtrs_geo_qgis"], capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.startswith("python 3.9 imported 17 plugin modules and ")
+
+
+def test_packaging_refuses_tools_that_need_python_3_10(monkeypatch) -> None:
+    from qgis_plugin import package
+
+    monkeypatch.setattr(package.metadata, "metadata", lambda name: {"Requires-Python": ">=3.10"})
+    monkeypatch.setattr(package.metadata, "version", lambda name: "1.1.1")
+    with pytest.raises(SystemExit, match=r"qgis-plugin-tools 1\.1\.1 needs Python >=3\.10.*3\.9"):
+        package.zip_entries()
 
 
 def test_qgis_process_runs_localize_from_a_fresh_profile(
