@@ -18,7 +18,7 @@ import configparser
 import os
 import sys
 import zipfile
-from importlib import metadata
+from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Iterator, List, Optional, Tuple
 
@@ -60,13 +60,13 @@ def _tools_dir() -> Path:
             "qgis-plugin-tools is vendored into the zip: install it first "
             "('python -m pip install \"{}\"')".format(TOOLS_REQUIREMENT)
         ) from None
-    requires_python = metadata.metadata("qgis-plugin-tools").get("Requires-Python") or ""
+    requires_python = importlib_metadata.metadata("qgis-plugin-tools").get("Requires-Python") or ""
     if requires_python and not SpecifierSet(requires_python).contains(OLDEST_QGIS_PYTHON):
         raise SystemExit(
             "the installed qgis-plugin-tools {} needs Python {}, but the plugin must load on "
             "Python {} (QGIS up to 3.32 on Windows): "
             "run 'python -m pip install \"{}\"'".format(
-                metadata.version("qgis-plugin-tools"),
+                importlib_metadata.version("qgis-plugin-tools"),
                 requires_python,
                 OLDEST_QGIS_PYTHON,
                 TOOLS_REQUIREMENT,
