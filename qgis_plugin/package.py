@@ -87,6 +87,16 @@ def zip_entries() -> List[Tuple[Path, str]]:
         (path, "{}/qgis_plugin_tools/{}".format(SLUG, path.relative_to(tools).as_posix()))
         for path in _files(tools)
     ]
+    # The vendored tools are GPL: their licence text travels with them.
+    distribution = importlib_metadata.distribution("qgis-plugin-tools")
+    licence = next(
+        (f for f in distribution.files or [] if f.name.upper().startswith(("LICENSE", "COPYING"))),
+        None,
+    )
+    if licence is not None:
+        entries.append(
+            (Path(distribution.locate_file(licence)), "{}/qgis_plugin_tools/LICENSE".format(SLUG))
+        )
     return entries
 
 

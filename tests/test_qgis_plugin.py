@@ -505,6 +505,7 @@ def test_zip_holds_one_plugin_folder_with_metadata_and_tools(plugin_zip: Path) -
         "icon.svg",
         "processing/provider.py",
         "qgis_plugin_tools/tools/custom_logging.py",
+        "qgis_plugin_tools/LICENSE",
     ):
         assert "dgtrs_geo_qgis/" + required in names
     assert not [n for n in names if "__pycache__" in n or n.endswith((".pyc", "package.py"))]
@@ -513,6 +514,8 @@ def test_zip_holds_one_plugin_folder_with_metadata_and_tools(plugin_zip: Path) -
     general = metadata["general"]
     assert general["qgisMinimumVersion"] == "3.22" and general["hasProcessingProvider"] == "yes"
     assert general["name"] == "DGTRS-Geo" and general["version"] == "0.1.0"
+    licence = zipfile.ZipFile(plugin_zip).read("dgtrs_geo_qgis/qgis_plugin_tools/LICENSE")
+    assert b"GNU GENERAL PUBLIC LICENSE" in licence
 
 
 def _python_3_9() -> str | None:
