@@ -78,7 +78,7 @@ def main() -> None:
         client = WorkerClient(worker_command(sys.executable))
         try:
             start = time.perf_counter()
-            ready = client.start()
+            client.start()
             start_s = time.perf_counter() - start
             first_s, first = timed_query(client, params, QUERIES[0], tmp / "out0")
             warm = [
@@ -100,7 +100,8 @@ def main() -> None:
         "warm_query_median_s": round(statistics.median(s for s, _ in warm), 3),
         "cpu_count": os.cpu_count(),
         "load_avg_1min": os.getloadavg()[0],
-        "torch": ready.get("torch") or torch.__version__,
+        "torch": torch.__version__,
+        "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
         "python": platform.python_version(),
     }
     json.dump(report, sys.stdout, indent=2)

@@ -51,28 +51,25 @@ def _files(folder: Path, skip_files: frozenset = frozenset()) -> Iterator[Path]:
             yield path
 
 
-def _tools_dir() -> Path:
-    """Return the installed qgis-plugin-tools package, if it runs on the oldest supported Python."""
+def _tools_distribution() -> importlib_metadata.Distribution:
+    """Return the installed qgis-plugin-tools, if it runs on the oldest Python a supported QGIS ships."""
     try:
-        import qgis_plugin_tools
-    except ImportError:
+        distribution = importlib_metadata.distribution("qgis-plugin-tools")
+    except importlib_metadata.PackageNotFoundError:
         raise SystemExit(
             "qgis-plugin-tools is vendored into the zip: install it first "
             "('python -m pip install \"{}\"')".format(TOOLS_REQUIREMENT)
         ) from None
-    requires_python = importlib_metadata.metadata("qgis-plugin-tools").get("Requires-Python") or ""
+    requires_python = distribution.metadata.get("Requires-Python") or ""
     if requires_python and not SpecifierSet(requires_python).contains(OLDEST_QGIS_PYTHON):
         raise SystemExit(
             "the installed qgis-plugin-tools {} needs Python {}, but the plugin must load on "
             "Python {} (QGIS up to 3.32 on Windows): "
             "run 'python -m pip install \"{}\"'".format(
-                importlib_metadata.version("qgis-plugin-tools"),
-                requires_python,
-                OLDEST_QGIS_PYTHON,
-                TOOLS_REQUIREMENT,
+                distribution.version, requires_python, OLDEST_QGIS_PYTHON, TOOLS_REQUIREMENT
             )
         )
-    return Path(qgis_plugin_tools.__file__).resolve().parent
+    return distribution
 
 
 def zip_entries() -> List[Tuple[Path, str]]:
@@ -82,13 +79,15 @@ def zip_entries() -> List[Tuple[Path, str]]:
         for path in _files(PLUGIN_DIR, frozenset(_SKIP_FILES))
     ]
     entries.append((ROOT / "metadata.txt", "{}/metadata.txt".format(SLUG)))
-    tools = _tools_dir()
+    distribution = _tools_distribution()
+    import qgis_plugin_tools
+
+    tools = Path(qgis_plugin_tools.__file__).resolve().parent
     entries += [
         (path, "{}/qgis_plugin_tools/{}".format(SLUG, path.relative_to(tools).as_posix()))
         for path in _files(tools)
     ]
     # The vendored tools are GPL: their licence text travels with them.
-    distribution = importlib_metadata.distribution("qgis-plugin-tools")
     licence = next(
         (f for f in distribution.files or [] if f.name.upper().startswith(("LICENSE", "COPYING"))),
         None,

@@ -571,12 +571,12 @@ def test_zip_imports_on_python_3_9(plugin_zip: Path, tmp_path: Path) -> None:
 
 
 def test_packaging_refuses_tools_that_need_python_3_10(monkeypatch) -> None:
+    from types import SimpleNamespace
+
     from qgis_plugin import package
 
-    monkeypatch.setattr(
-        package.importlib_metadata, "metadata", lambda name: {"Requires-Python": ">=3.10"}
-    )
-    monkeypatch.setattr(package.importlib_metadata, "version", lambda name: "1.1.1")
+    release = SimpleNamespace(metadata={"Requires-Python": ">=3.10"}, version="1.1.1")
+    monkeypatch.setattr(package.importlib_metadata, "distribution", lambda name: release)
     with pytest.raises(SystemExit, match=r"qgis-plugin-tools 1\.1\.1 needs Python >=3\.10.*3\.9"):
         package.zip_entries()
 
