@@ -1,13 +1,7 @@
-"""Exceptions of the localization engine."""
+"""Exceptions of the localization engine (defined in :mod:`dgtrs_geo.errors`)."""
 
 from __future__ import annotations
 
+from ..errors import Cancelled, IndexMismatchError
+
 __all__ = ["Cancelled", "IndexMismatchError"]
-
-
-class Cancelled(Exception):
-    """Raised when a caller's cancel event is set; the run leaves no partial output."""
-
-
-class IndexMismatchError(ValueError):
-    """Raised when an embedding index was built for another raster, model or window plan."""
