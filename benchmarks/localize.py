@@ -1,22 +1,30 @@
 """Localization throughput, query latency, memory and speed-up over the reference recipe, as JSON.
 
-Usage: python benchmarks/localize.py [--arch dgtrs-tiny] [--device cpu] [--only a,b,c,d]
+Usage: python benchmarks/localize.py [--arch dgtrs-tiny] [--device cpu]
+       [--only a,b,c,d,fingerprint]
 
 (a) windows/s of the full encode pipeline (windowed reads, DataLoader, device resize, batched
     encode) vs windows/s of bare ``encode_image`` on ready tensors, same model, batch and device;
 (b) latency of a new query on an already indexed 10k x 10k raster (text forward included). The
     index holds the raster's full plan; its embeddings are random unit vectors, since latency
     does not depend on their values and encoding 10^8 pixels would take this CPU most of an hour;
-(c) peak RSS while indexing 5k x 5k and 20k x 20k rasters (each in a fresh process), to show the
-    memory does not grow with the raster beyond the index itself;
+(c) peak RSS of ``localize`` (index built, then one query written as GeoTIFF, GeoPackage and PNG)
+    on 5k x 5k and 20k x 20k rasters and on strips (5000 x 1, 1 x 5000, 20000 x 64; width x
+    height), each in a fresh process, to show memory is bounded whatever the raster's shape;
 (d) the same raster, model and queries through a straightforward reference implementation written
-    here (one crop at a time via a JPEG file, per-pixel Python accumulation) vs ``localize``.
-Rasters are sparse tiled GeoTIFFs (only the tiles written take disk) or small random ones.
+    here (one crop at a time via a JPEG file, per-pixel Python accumulation) vs ``localize``;
+(fingerprint) the cost of a raster's content fingerprint on a 1 GiB GeoTIFF of random pixels:
+    page cache dropped (``posix_fadvise``), file in the page cache but not in the fingerprint
+    cache, and a fingerprint cache hit; beside it, the bare read speed and in-memory hash speeds.
+Rasters are sparse tiled GeoTIFFs (only the tiles written take disk) or small random ones, dated
+an hour back like a user's existing raster (the fingerprint cache does not keep the digest of a
+file changed in the last two seconds).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -36,6 +44,7 @@ from rasterio.transform import from_origin
 from dgtrs_geo.localization import EmbeddingIndex, localize, plan_windows
 from dgtrs_geo.localization.api import _plan_meta
 from dgtrs_geo.localization.encode import encode_windows
+from dgtrs_geo.localization.fingerprint import raster_fingerprint
 from dgtrs_geo.localization.raster import RasterSource
 from dgtrs_geo.models import EmbeddingModel, create_clip
 
@@ -45,22 +54,33 @@ def make_model(arch: str, device: str) -> EmbeddingModel:
     return EmbeddingModel(create_clip(arch), model_id=f"random-{arch}", device=device)
 
 
-def make_raster(path: Path, size: int, fill: str = "sparse") -> Path:
-    """A tiled GeoTIFF; ``sparse`` writes one tile of texture, ``random`` writes all pixels."""
+def _settle(path: Path) -> Path:
+    hour_ago = time.time_ns() - 3600 * 10**9
+    os.utime(path, ns=(hour_ago, hour_ago))
+    return path
+
+
+def make_raster(path: Path, size: int, fill: str = "sparse", height: int | None = None) -> Path:
+    """A tiled GeoTIFF ``size`` wide and ``height`` (default ``size``) tall.
+
+    ``sparse`` writes one tile of texture and leaves the rest unwritten; ``random`` writes every
+    pixel (strips and small rasters).
+    """
+    height = size if height is None else height
     profile = {
-        "driver": "GTiff", "width": size, "height": size, "count": 3, "dtype": "uint8",
+        "driver": "GTiff", "width": size, "height": height, "count": 3, "dtype": "uint8",
         "tiled": True, "blockxsize": 256, "blockysize": 256, "sparse_ok": True,
         "crs": "EPSG:32633", "transform": from_origin(500000, 4000000, 0.5, 0.5),
     }  # fmt: skip
     rng = np.random.default_rng(0)
     with rasterio.open(path, "w", **profile) as dst:
         if fill == "random":
-            dst.write(rng.integers(0, 255, (3, size, size), dtype=np.uint8))
+            dst.write(rng.integers(0, 255, (3, height, size), dtype=np.uint8))
         else:
             dst.write(
                 rng.integers(0, 255, (3, 256, 256), dtype=np.uint8), window=((0, 256), (0, 256))
             )
-    return path
+    return _settle(path)
 
 
 def bench_encode(
@@ -108,8 +128,9 @@ def bench_query(model, tmp: Path, size: int) -> dict:
     )  # fmt: skip
     index.save(tmp / "q-index")
     kwargs = {"index": tmp / "q-index", "stretch": "none"}
+    start = time.perf_counter()
     localize(raster, "warm-up", model, **kwargs)
-    times = {}
+    times = {"first_call_s": round(time.perf_counter() - start, 3)}
     for label, extra in (
         ("compute_s", {}),
         ("with_geotiff_and_gpkg_s", {"out_dir": tmp / "q-out", "outputs": ("heatmap", "polygons")}),
@@ -123,7 +144,11 @@ def bench_query(model, tmp: Path, size: int) -> dict:
             **extra,
         )
         times[label] = round(time.perf_counter() - start, 3)
-    return {"raster_px": size, "windows": len(plan), **times}
+    return {
+        "raster_px": size, "windows": len(plan), "raster_file_mib": round(raster.stat().st_size / 2**20),
+        **times,
+        "note": "first_call_s: warm-up (lazy imports, first forward, the raster's first fingerprint)",
+    }  # fmt: skip
 
 
 def _rss_child(raster: str, arch: str, device: str, index_dir: str) -> None:
@@ -134,34 +159,131 @@ def _rss_child(raster: str, arch: str, device: str, index_dir: str) -> None:
     before_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     start = time.perf_counter()
     index = build_index(raster, model, index_dir=index_dir, stretch="none")
-    seconds = time.perf_counter() - start
+    index_s = time.perf_counter() - start
+    index_peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out_dir = Path(index_dir) / "out"
+    start = time.perf_counter()
+    (result,) = localize(
+        raster, "a red roof", model, index_dir=index_dir, stretch="none", out_dir=out_dir,
+        outputs=("heatmap", "polygons", "overlay"),
+    )  # fmt: skip
+    query_s = time.perf_counter() - start
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(
-        json.dumps(
-            {
-                "windows": len(index),
-                "index_s": round(seconds, 1),
-                "rss_after_model_load_mib": round(before_mib, 1),
-                "peak_rss_mib": round(peak_mib, 1),
-                "indexing_added_mib": round(peak_mib - before_mib, 1),
-            }
-        )
-    )
+    with Image.open(result.paths["overlay"]) as png:
+        overlay_px = list(png.size)
+    row = {
+        "windows": len(index),
+        "index_s": round(index_s, 1),
+        "query_and_write_s": round(query_s, 2),
+        "rss_after_model_load_mib": round(before_mib, 1),
+        "peak_rss_index_mib": round(index_peak_mib, 1),
+        "peak_rss_mib": round(peak_mib, 1),
+        "localize_added_mib": round(peak_mib - before_mib, 1),
+        "heatmap_cells": list(result.heatmap.shape),
+        "overlay_png_px": overlay_px,
+    }
+    print(json.dumps(row))
 
 
-def bench_rss(arch: str, device: str, tmp: Path, sizes: list[int]) -> list[dict]:
+def bench_rss(arch: str, device: str, tmp: Path, shapes: list[tuple[int, int]]) -> list[dict]:
     rows = []
-    for size in sizes:
-        raster = make_raster(tmp / f"r{size}.tif", size)
+    for width, height in shapes:
+        name = f"r{width}x{height}"
+        square_and_large = width == height and width >= 256
+        raster = make_raster(
+            tmp / f"{name}.tif", width, "sparse" if square_and_large else "random", height
+        )
         out = subprocess.run(
             [sys.executable, __file__, "--rss-child", str(raster), "--arch", arch, "--device", device,
-             "--index-dir", str(tmp / f"idx{size}"), "--threads", str(torch.get_num_threads())],
+             "--index-dir", str(tmp / f"idx-{name}"), "--threads", str(torch.get_num_threads())],
             check=True, capture_output=True, text=True,
         ).stdout  # fmt: skip
         row = json.loads(out.strip().splitlines()[-1])
-        index_mib = sum(p.stat().st_size for p in (tmp / f"idx{size}").rglob("*.npy")) / 2**20
-        rows.append({"raster_px": size, **row, "index_mib": round(index_mib, 1)})
+        index_mib = sum(p.stat().st_size for p in (tmp / f"idx-{name}").rglob("*.npy")) / 2**20
+        rows.append({"raster_px": f"{width} x {height}", **row, "index_mib": round(index_mib, 1)})
     return rows
+
+
+def _drop_page_cache(path: Path) -> None:
+    """Ask the kernel to forget the file's cached pages (clean pages go without root)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def _read_s(path: Path) -> float:
+    buffer = bytearray(8 << 20)
+    start = time.perf_counter()
+    with path.open("rb", buffering=0) as f:
+        while f.readinto(buffer):
+            pass
+    return time.perf_counter() - start
+
+
+def _hash_speeds() -> dict:
+    """In-memory MiB/s of XXH3-128 (chosen) and of the stdlib hashes it was measured against."""
+    import xxhash
+
+    data = memoryview(np.random.default_rng(0).bytes(256 << 20))
+    speeds = {}
+    for name, new in (("xxh3_128", xxhash.xxh3_128), ("sha256", hashlib.sha256),
+                      ("blake2b", hashlib.blake2b)):  # fmt: skip
+        best = float("inf")
+        for _ in range(2):
+            digest, start = new(), time.perf_counter()
+            for offset in range(0, len(data), 8 << 20):
+                digest.update(data[offset : offset + (8 << 20)])
+            best = min(best, time.perf_counter() - start)
+        speeds[name] = round(len(data) / best / 2**20)
+    return speeds
+
+
+def bench_fingerprint(tmp: Path, gib: float, repeats: int) -> dict:
+    """Cold, page-cached and cached fingerprints of a GeoTIFF of ``gib`` GiB of random pixels."""
+    side = int((gib * 2**30 / 3) ** 0.5)
+    path = tmp / "fingerprint.tif"
+    profile = {
+        "driver": "GTiff", "width": side, "height": side, "count": 3, "dtype": "uint8",
+        "crs": "EPSG:32633", "transform": from_origin(500000, 4000000, 0.5, 0.5),
+    }  # fmt: skip
+    rng = np.random.default_rng(0)
+    with rasterio.open(path, "w", **profile) as dst:
+        for row in range(0, side, 1024):
+            rows = min(1024, side - row)
+            data = rng.integers(0, 255, (3, rows, side), dtype=np.uint8)
+            dst.write(data, window=((row, row + rows), (0, side)))
+    _settle(path)
+    os.environ["DGTRS_GEO_CACHE"] = str(tmp / "fingerprint-cache")
+    cache = tmp / "fingerprint-cache" / "fingerprints"
+    cold, warm, hit, read_cold, read_warm = [], [], [], [], []
+    for _ in range(repeats):
+        _drop_page_cache(path)
+        read_cold.append(_read_s(path))
+        read_warm.append(_read_s(path))
+        for runs, drop in ((cold, True), (warm, False)):
+            if drop:
+                _drop_page_cache(path)
+            for entry in cache.glob("*.json"):
+                entry.unlink()
+            start = time.perf_counter()
+            fingerprint = raster_fingerprint(path)
+            runs.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        assert raster_fingerprint(path) == fingerprint
+        hit.append(time.perf_counter() - start)
+    size = path.stat().st_size
+    path.unlink()
+    return {
+        "file_gib": round(size / 2**30, 3), "repeats": repeats,
+        "cold_s": round(min(cold), 3), "cold_s_all": [round(t, 3) for t in cold],
+        "page_cached_s": round(min(warm), 3),
+        "cache_hit_ms": round(min(hit) * 1000, 3),
+        "bare_read_cold_s": round(min(read_cold), 3), "bare_read_cached_s": round(min(read_warm), 3),
+        "hash_mib_per_s_in_memory": _hash_speeds(),
+    }  # fmt: skip
 
 
 def naive_reference(image: np.ndarray, queries: list[str], model, scales, tmp: Path) -> list:
@@ -226,9 +348,14 @@ def main() -> None:
     parser.add_argument("--num-workers", type=int, default=None)
     parser.add_argument("--encode-size", type=int, default=2048)
     parser.add_argument("--query-size", type=int, default=10000)
-    parser.add_argument("--rss-sizes", default="5000,20000")
+    parser.add_argument(
+        "--rss-shapes",
+        default="5000x5000,20000x20000,5000x1,1x5000,20000x64",
+        help="width x height of each raster in (c)",
+    )
+    parser.add_argument("--fingerprint-gib", type=float, default=1.0)
     parser.add_argument("--reference-size", type=int, default=384)
-    parser.add_argument("--only", default="a,b,c,d")
+    parser.add_argument("--only", default="a,b,c,d,fingerprint")
     parser.add_argument("--repeats", type=int, default=3, help="alternating runs in (a)")
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--rss-child")
@@ -256,12 +383,15 @@ def main() -> None:
         if "b" in only:
             report["b_query_latency"] = bench_query(model, tmp, args.query_size)
         if "c" in only:
-            sizes = [int(s) for s in args.rss_sizes.split(",")]
-            report["c_index_peak_rss"] = bench_rss(args.arch, args.device, tmp, sizes)
+            shapes = [tuple(int(v) for v in s.split("x")) for s in args.rss_shapes.split(",")]
+            report["c_localize_peak_rss"] = bench_rss(args.arch, args.device, tmp, shapes)
         if "d" in only:
             report["d_vs_reference"] = bench_reference(
                 model, tmp, args.reference_size, (64, 128, 192)
             )
+        if "fingerprint" in only:
+            report["fingerprint"] = bench_fingerprint(tmp, args.fingerprint_gib, args.repeats)
+    report["load_avg_1min_end"] = os.getloadavg()[0]
     json.dump(report, sys.stdout, indent=2)
     sys.stdout.write("\n")
 

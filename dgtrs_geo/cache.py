@@ -1,4 +1,4 @@
-"""Where dgtrs-geo keeps what it can recompute or download again: weights and embedding indexes.
+r"""Where dgtrs-geo keeps what it can recompute or download again: weights and embedding indexes.
 
 One rule for every cache: ``$DGTRS_GEO_CACHE`` if set (``~`` expanded), else
 ``$XDG_CACHE_HOME/dgtrs-geo``, else the platform's user cache folder (``~/.cache/dgtrs-geo`` on

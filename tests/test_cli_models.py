@@ -69,3 +69,16 @@ def test_cli_errors_are_one_clear_line(tmp_path, capsys) -> None:
     assert main(["embed-text", "x", "--model", str(tmp_path / "junk.pt")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("dgtrs-geo embed-text: error:") and "not a PyTorch checkpoint" in err
+
+
+def test_checkpoint_with_nan_weights_is_one_clear_line(tiny_checkpoint, tmp_path, capsys) -> None:
+    state = torch.load(tiny_checkpoint, weights_only=True)
+    state["ln_final.weight"] = state["ln_final.weight"].clone()
+    state["ln_final.weight"][0] = float("nan")
+    torch.save(state, tmp_path / "nan.pt")
+    assert main(["embed-text", "x", "--model", str(tmp_path / "nan.pt")]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("dgtrs-geo embed-text: error:")
+    assert str(tmp_path / "nan.pt") in lines[0] and "'ln_final.weight'" in lines[0]

@@ -15,7 +15,7 @@ from dgtrs_geo.models.kps import (
 
 
 def stretch_loop(pe: torch.Tensor, keep: int, ratio: int) -> torch.Tensor:
-    """REFERENCE section 2 written as a plain loop."""
+    """docs/protocols.md section 2 written as a plain loop."""
     length = pe.shape[0]
     rows = []
     for k in range(ratio * length - (ratio - 1) * keep):

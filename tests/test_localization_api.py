@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from rasterio.transform import Affine, from_origin
 from shapely.geometry import Point, Polygon
 
+from dgtrs_geo.errors import InputError, OutputError
 from dgtrs_geo.localization import (
     Cancelled,
     EmbeddingIndex,
@@ -232,7 +233,9 @@ def test_cancel_leaves_no_index_and_no_outputs(tmp_path: Path) -> None:
             cancel=cancel,
         )
     assert seen and max(seen) < 0.9
-    assert not (tmp_path / "idx").exists() or not any((tmp_path / "idx").iterdir())
+    # No index and no temporary folder; only the index's (empty) lock file may stay.
+    left = [p.name for p in (tmp_path / "idx").glob("*") if not p.name.endswith(".lock")]
+    assert left == [] and [p.stat().st_size for p in (tmp_path / "idx").glob("*")] in ([], [0])
     assert not any((tmp_path / "out").iterdir())
 
 
@@ -261,19 +264,17 @@ def test_progress_reaches_one_and_bad_inputs(tmp_path: Path) -> None:
         localize(raster, [], RednessModel())
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
-    with pytest.raises(ValueError, match="not writable"):
+    with pytest.raises(OutputError, match="not writable"):
         localize(raster, "red", RednessModel(), out_dir=blocker / "sub")
-    with pytest.raises(ValueError, match="normalise_mode"):
-        localize(raster, "red", RednessModel(), normalise_mode="softmax")
+    with pytest.raises(InputError, match="normalise"):
+        localize(raster, "red", RednessModel(), normalise="softmax")
     with pytest.raises(TypeError, match="loaded model"):
         localize(raster, "red", object())
 
 
 def test_cosine_mode_keeps_raw_scores_and_absolute_threshold(tmp_path: Path) -> None:
     raster = _raster(tmp_path / "scene.tif", "EPSG:32633", from_origin(1000, 2000, 1, 1))
-    (result,) = localize(
-        raster, "red", RednessModel(), scales=(64,), normalise_mode="cosine", smooth_sigma=0
-    )
+    (result,) = localize(raster, "red", RednessModel(), scales=(64,), normalise="cosine", smooth=0)
     # Inside the square the two covering windows are the one on it and a quarter-red one.
     expected = (_cos(1.0) + _cos(0.25)) / 2
     assert result.heatmap[40 // 4, 190 // 4] == pytest.approx(expected, abs=1e-3)
@@ -357,10 +358,12 @@ def test_index_stores_the_nodata_mask_of_the_default_grid(tmp_path: Path, monkey
 
 def test_no_region_above_threshold_writes_an_empty_typed_layer(tmp_path: Path) -> None:
     raster = _raster(tmp_path / "scene.tif", "EPSG:32633", from_origin(0, 256, 1, 1))
+    # Raw cosine cells are means of window scores, at most _cos(1.0) < 1: none reaches 1.
     (result,) = localize(
-        raster, "red", RednessModel(), scales=(64,), threshold=1.5, out_dir=tmp_path / "o",
-        outputs=("polygons",), index_dir=tmp_path,
+        raster, "red", RednessModel(), scales=(64,), normalise="cosine", threshold=1.0,
+        out_dir=tmp_path / "o", outputs=("polygons",), index_dir=tmp_path,
     )  # fmt: skip
+    assert _cos(1.0) < 1.0 and np.nanmax(result.heatmap) < 1.0
     assert result.polygons.empty and set(result.paths) == {"polygons"}
     layer = gpd.read_file(result.paths["polygons"])
     assert layer.empty and list(layer.columns) == [
@@ -387,7 +390,9 @@ def test_aoi_inside_an_indexed_raster_reuses_the_whole_index(tmp_path: Path) -> 
     )  # cols 120..250, rows 10..150
     (result,) = localize(raster, "red", model, scales=(64,), aoi=aoi, index_dir=tmp_path)
     assert model.image_calls == calls
-    assert result.transform == transform @ Affine.translation(120, 10) @ Affine.scale(4)
+    # 130 x 140 px at nominal 4 px cells: 33 x 35 cells stretched to end on the AOI's edges.
+    assert result.heatmap.shape == (35, 33)
+    assert result.transform == transform @ Affine.translation(120, 10) @ Affine.scale(130 / 33, 4)
     minx, miny, maxx, maxy = _square_bounds(transform)
     assert minx <= result.best[0] <= maxx and miny <= result.best[1] <= maxy
     part = build_index(raster, model, scales=(64,), aoi=aoi, index_dir=tmp_path)

@@ -31,8 +31,9 @@ def test_index_then_localize(raster, tiny_checkpoint, tmp_path, capsys) -> None:
     (index_dir,) = tmp_path.glob("scene-*.dgtrs-index")
     assert EmbeddingIndex.load(index_dir).meta["plan"]["scales"] == [32, 64]
     out_dir = tmp_path / "out"
+    outputs = ["--outputs", "heatmap", "polygons", "geojson", "overlay"]
     code = main(
-        ["localize", str(raster), "a red roof", "a lake", "-o", str(out_dir), "--geojson", *common]
+        ["localize", str(raster), "a red roof", "a lake", "-o", str(out_dir), *outputs, *common]
     )
     assert code == 0
     captured = capsys.readouterr()
@@ -108,5 +109,6 @@ def test_demo_offline_runs_with_labelled_random_model(tmp_path, capsys, monkeypa
         # The 485 x 373 px sample at cells of 128 / 16 = 8 px, georeferenced like the sample.
         assert src.crs.to_epsg() == 4326 and (src.width, src.height) == (61, 47)
         with rasterio.open(sample_raster()) as sample:
-            assert src.transform == sample.transform @ Affine.scale(8)
+            # 61 x 47 cells of nominally 8 px, stretched to end on the sample's edges.
+            assert src.transform == sample.transform @ Affine.scale(485 / 61, 373 / 47)
         assert src.tags()["model_id"].startswith("RANDOM-WEIGHTS-dgtrs-tiny-")

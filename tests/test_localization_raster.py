@@ -1,3 +1,7 @@
+import json
+import os
+import shutil
+import time
 import warnings
 from pathlib import Path
 
@@ -8,6 +12,8 @@ from PIL import Image
 from rasterio.crs import CRS
 from rasterio.transform import from_origin
 
+from dgtrs_geo.localization import fingerprint
+from dgtrs_geo.localization.fingerprint import dataset_files
 from dgtrs_geo.localization.raster import (
     ArraySource,
     RasterSource,
@@ -150,3 +156,90 @@ def test_vrt_and_jpeg_with_world_file(tmp_path: Path) -> None:
         warnings.simplefilter("error")
         photo = RasterSource(tmp_path / "photo.jpg")
     assert photo.transform == from_origin(1000, 2000, 2, 2) and photo.crs is None
+
+
+def _settle(path: Path) -> None:
+    """Date a file an hour back, like a user's raster, so its digest may be cached."""
+    hour_ago = time.time_ns() - 3600 * 10**9
+    os.utime(path, ns=(hour_ago, hour_ago))
+
+
+def test_fingerprint_sees_one_byte_anywhere_even_with_mtime_kept(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    path = _write(tmp_path / "big.tif", rng.integers(0, 255, (3, 1000, 1000), dtype=np.uint8))
+    _settle(path)
+    first = raster_fingerprint(path)
+    assert raster_fingerprint(path) == first  # from the cache now
+    copy = tmp_path / "elsewhere" / "copy.tif"
+    copy.parent.mkdir()
+    shutil.copyfile(path, copy)
+    assert raster_fingerprint(copy) == first  # content, not names
+    before = path.stat()
+    with path.open("r+b") as f:  # one byte in the middle of the 3 MB of pixels
+        f.seek(before.st_size // 2)
+        byte = f.read(1)
+        f.seek(before.st_size // 2)
+        f.write(bytes([byte[0] ^ 1]))
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert raster_fingerprint(path) != first
+
+
+def test_fingerprint_cache_hashes_a_settled_file_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DGTRS_GEO_CACHE", str(tmp_path / "cache"))
+    hashed: list[str] = []
+    real = fingerprint.content_digest
+    monkeypatch.setattr(fingerprint, "content_digest", lambda p: hashed.append(p) or real(p))
+    path = _write(tmp_path / "a.tif", np.zeros((3, 8, 8), np.uint8))
+    fresh = raster_fingerprint(path)
+    assert raster_fingerprint(path) == fresh and len(hashed) == 2  # too recent to cache
+    _settle(path)
+    assert raster_fingerprint(path) == fresh and raster_fingerprint(path) == fresh
+    assert len(hashed) == 3
+    (entry,) = fingerprint.cache_dir("fingerprints").glob("*.json")
+    assert json.loads(entry.read_text())["path"] == str(path.resolve())
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 1))
+    assert raster_fingerprint(path) == fresh and len(hashed) == 4  # stat key changed
+
+
+def test_vrt_fingerprint_follows_nested_sources_but_not_aux_xml(tmp_path: Path) -> None:
+    _write(tmp_path / "a.tif", np.zeros((1, 20, 30), np.uint8))
+    _write(tmp_path / "b.tif", np.ones((1, 20, 30), np.uint8))
+
+    def band(n: int, source: str) -> str:
+        return (
+            f'<VRTRasterBand dataType="Byte" band="{n}"><SimpleSource><SourceFilename '
+            f'relativeToVRT="1">{source}</SourceFilename><SourceBand>1</SourceBand>'
+            "</SimpleSource></VRTRasterBand>"
+        )
+
+    header = '<VRTDataset rasterXSize="30" rasterYSize="20"><SRS>EPSG:32633</SRS>'
+    (tmp_path / "inner.vrt").write_text(f"{header}{band(1, 'a.tif')}</VRTDataset>")
+    outer = tmp_path / "outer.vrt"
+    outer.write_text(f"{header}{band(1, 'inner.vrt')}{band(2, 'b.tif')}</VRTDataset>")
+    names = [Path(f).name for f in dataset_files(outer)]
+    assert sorted(names) == ["a.tif", "b.tif", "inner.vrt", "outer.vrt"] and names[0] == "outer.vrt"
+    first = raster_fingerprint(outer)
+    # Statistics QGIS or GDAL write beside a file change no pixel.
+    (tmp_path / "a.tif.aux.xml").write_text(
+        '<PAMDataset><PAMRasterBand band="1"><Metadata><MDI key="STATISTICS_MEAN">0</MDI>'
+        "</Metadata></PAMRasterBand></PAMDataset>"
+    )
+    assert raster_fingerprint(outer) == first
+    _write(tmp_path / "a.tif", np.full((1, 20, 30), 7, np.uint8))
+    assert raster_fingerprint(outer) != first
+
+
+def test_describe_records_nodata_an_aux_xml_sets(tmp_path: Path) -> None:
+    path = _write(tmp_path / "a.tif", np.zeros((3, 8, 8), np.uint8))
+    assert RasterSource(path).describe()["nodata"] is None
+    (tmp_path / "a.tif.aux.xml").write_text(
+        "<PAMDataset>"
+        + "".join(
+            f'<PAMRasterBand band="{b}"><NoDataValue>0</NoDataValue></PAMRasterBand>'
+            for b in (1, 2, 3)
+        )
+        + "</PAMDataset>"
+    )
+    assert RasterSource(path).describe()["nodata"] == "0.0"

@@ -23,7 +23,7 @@ def _scene(height: int = 90, width: int = 120) -> np.ndarray:
 
 
 def _hand_coded_recipe(image: np.ndarray, query: str, model, scales) -> np.ndarray:
-    """The recipe as written in REFERENCE.md section 6, one crop at a time, no shared code."""
+    """The recipe as written in docs/protocols.md section 7, one crop at a time, no shared code."""
     height, width = image.shape[:2]
     windows = set()
     for s in scales:

@@ -36,12 +36,14 @@ def test_region_centre_and_radius_hand_computed() -> None:
     assert radius == expected
 
 
-def test_mask_is_fillpoly_union() -> None:
+def test_union_mask_rule() -> None:
     overlapping = [SQUARE, SQUARE + 60]
-    mask = region_mask((300, 300), overlapping)
+    mask = region_mask((300, 300), overlapping, rule="union")
     # fillPoly includes both boundary rows/columns: 121 x 121 each, 61 x 61 shared.
     assert mask.sum() == 2 * 121 * 121 - 61 * 61
     assert mask[130, 130] == 1  # in the overlap: a union, not a parity fill
+    with pytest.raises(ValueError, match="mask_rule"):
+        region_mask((300, 300), overlapping, rule="nonzero")
 
 
 def test_flat_map_rsu() -> None:

@@ -99,8 +99,15 @@ def worker():
 
 
 def test_ready_ping_and_diagnostics(worker: _Lines) -> None:
+    import dgtrs_geo
+    from dgtrs_geo.localization.options import LocalizationOptions
+
     ready = worker.out.wait_for(None, "ready")
     assert ready["result"]["pid"] == os.getpid()
+    # The version and every option with its default: what a client builds requests from.
+    assert ready["result"]["version"] == dgtrs_geo.__version__ and ready["result"]["protocol"] == 2
+    assert ready["result"]["options"] == LocalizationOptions().to_json()
+    assert ready["result"]["options"]["scales"] == [256, 512, 768]
     worker.send("1", "ping")
     assert worker.out.wait_for("1")["result"]["version"] == ready["result"]["version"]
     worker.send("2", "diagnostics")
@@ -127,6 +134,18 @@ def test_count_tokens_without_a_model(worker: _Lines) -> None:
         ('{"id": "x", "op": "count_tokens", "params": {}}', "BadRequest", '"text"'),
         ('{"id": "x", "op": "ping", "params": [1]}', "BadRequest", "JSON object"),
         ('{"id": "x", "op": "localize", "params": {"raster": "a.tif"}}', "BadRequest", "queries"),
+        (
+            '{"id": "x", "op": "index", "params": {"raster": "a.tif", "model": "m", '
+            '"options": {"scales": [64], "extnt": [0, 0, 1, 1]}}}',
+            "InputError",
+            "unknown option(s) extnt",
+        ),
+        (
+            '{"id": "x", "op": "index", "params": {"raster": "a.tif", "model": "m", '
+            '"options": {}, "scales": [64]}}',
+            "BadRequest",
+            "both in params.options and flat",
+        ),
     ],
 )
 def test_bad_requests_are_errors_not_crashes(
@@ -150,33 +169,47 @@ def test_missing_raster_and_model_are_reported(
         raster=str(tmp_path / "nope.tif"),
         queries=["x"],
         model=str(tiny_checkpoint),
-        output_dir=str(tmp_path),
+        options={"out_dir": str(tmp_path), "device": "cpu"},
     )
     error = worker.out.wait_for("1")["error"]
-    assert error["type"] == "FileNotFoundError" and "nope.tif" in error["message"]
+    assert error["type"] == "InputError" and "nope.tif" in error["message"]
     worker.send("2", "index", raster=str(tmp_path / "nope.tif"), model=str(tmp_path / "missing.pt"))
     error = worker.out.wait_for("2")["error"]
-    assert error["type"] == "FileNotFoundError" and "missing.pt" in error["message"]
+    assert error["type"] == "ModelError" and "missing.pt" in error["message"]
+    if "class" in error:  # a model-specific subclass, reported under its family
+        import dgtrs_geo.models as models
+        from dgtrs_geo.errors import ModelError
+
+        cls = next(getattr(m, error["class"]) for m in vars(models).values()
+                   if hasattr(m, error["class"]))  # fmt: skip
+        assert issubclass(cls, ModelError) and cls is not ModelError
+    worker.send(
+        "3", "index", raster=str(tmp_path / "nope.tif"), model=str(tiny_checkpoint),
+        options={"smooth": -100, "scales": [64], "device": "cpu"},
+    )  # fmt: skip
+    error = worker.out.wait_for("3")["error"]
+    assert error["type"] == "InputError" and "smooth (--smooth) must be >= 0" in error["message"]
 
 
 def test_localize_then_warm_second_query(
     worker: _Lines, geotiff: Path, tiny_checkpoint, tmp_path
 ) -> None:
-    common = dict(
-        raster=str(geotiff),
-        model=str(tiny_checkpoint),
-        device="cpu",
-        scales=[16, 32],
-        index_dir=str(tmp_path / "idx"),
-    )
+    options = {"device": "cpu", "scales": [16, 32], "index_dir": str(tmp_path / "idx")}
+    common = dict(raster=str(geotiff), model=str(tiny_checkpoint))
     worker.send(
-        "1", "localize", queries=["a bright square"], output_dir=str(tmp_path / "a"), **common
-    )
+        "1", "localize", queries=["a bright square"],
+        options={**options, "out_dir": str(tmp_path / "a"), "outputs": ["heatmap", "polygons"]},
+        **common,
+    )  # fmt: skip
     first = worker.out.wait_for("1")
     assert first["event"] == "result", first
     progress = [e for e in worker.out.events if e["id"] == "1" and e["event"] == "progress"]
     assert progress and all(0.0 <= e["fraction"] <= 1.0 for e in progress)
     assert progress[-1]["fraction"] == pytest.approx(1.0)
+    stages = [e["stage"] for e in progress]
+    assert stages[:2] == ["starting", "loading-model"] and "encoding" in stages
+    assert stages.index("encoding") < stages.index("scoring") < stages.index("writing")
+    assert "deprecations" not in first["result"]
     result = first["result"]
     assert result["index_warm"] is False and result["windows"] > 0
     (answer,) = result["results"]
@@ -199,8 +232,12 @@ def test_localize_then_warm_second_query(
     x, y = answer["best"]
     assert ORIGIN[0] <= x <= ORIGIN[0] + 128 and ORIGIN[1] - 128 <= y <= ORIGIN[1]
 
-    worker.send("2", "localize", queries=["dark ground"], output_dir=str(tmp_path / "b"), **common)
+    worker.send(
+        "2", "localize", queries=["dark ground"], options={**options, "out_dir": str(tmp_path / "b")},
+        **common,
+    )  # fmt: skip
     second = worker.out.wait_for("2")["result"]
+    assert sorted(second["results"][0]["paths"]) == ["heatmap", "overlay", "polygons"]
     assert second["index_warm"] is True and second["windows"] == result["windows"]
     assert second["results"][0]["heatmap"] != answer["heatmap"]
     worker.send("3", "diagnostics")
@@ -216,9 +253,7 @@ def test_index_op_reuses_and_reports(
     params = dict(
         raster=str(geotiff),
         model=str(tiny_checkpoint),
-        device="cpu",
-        scales=[32],
-        index_dir=str(tmp_path / "idx"),
+        options={"device": "cpu", "scales": [32], "index_dir": str(tmp_path / "idx")},
     )
     worker.send("1", "index", **params)
     built = worker.out.wait_for("1")["result"]
@@ -234,9 +269,7 @@ def test_cancel_a_queued_job(worker: _Lines, geotiff: Path, tiny_checkpoint, tmp
     params = dict(
         raster=str(geotiff),
         model=str(tiny_checkpoint),
-        device="cpu",
-        scales=[16],
-        index_dir=str(tmp_path / "idx"),
+        options={"device": "cpu", "scales": [16], "index_dir": str(tmp_path / "idx")},
     )
     worker.send("1", "index", **params)
     worker.send("2", "index", **params)
@@ -247,6 +280,36 @@ def test_cancel_a_queued_job(worker: _Lines, geotiff: Path, tiny_checkpoint, tmp
     assert error["event"] == "error" and error["error"]["type"] == "Cancelled"
     worker.send("d", "cancel", target="nothing")
     assert worker.out.wait_for("d")["result"] == {"cancelled": False}
+
+
+def test_protocol_1_requests_still_work_with_deprecations(
+    worker: _Lines, geotiff: Path, tiny_checkpoint, tmp_path
+) -> None:
+    # The 0.1 plugin's request: options flat in params, "extent" and "output_dir".
+    extent = [ORIGIN[0] + 32, ORIGIN[1] - 96, ORIGIN[0] + 128, ORIGIN[1]]  # columns 16.., rows ..48
+    worker.send(
+        "1", "localize", raster=str(geotiff), queries=["a bright square"],
+        model=str(tiny_checkpoint), device="cpu", bands=None, scales=[16], extent=extent,
+        index_dir=str(tmp_path / "idx"), threshold=0.5, output_dir=str(tmp_path / "out"),
+    )  # fmt: skip
+    reply = worker.out.wait_for("1")
+    assert reply["event"] == "result", reply
+    assert reply["result"]["deprecations"] == [
+        "options given flat in params: send them as params.options",
+        "params.extent: send it as params.options.aoi",
+        "params.output_dir: send it as params.options.out_dir",
+    ]
+    (answer,) = reply["result"]["results"]
+    # Protocol 1 wrote a heatmap and polygons only, and named them at the top level too.
+    assert sorted(answer["paths"]) == ["heatmap", "polygons"]
+    assert answer["heatmap"] == answer["paths"]["heatmap"]
+    assert Path(answer["heatmap"]).parent == tmp_path / "out"
+    with rasterio.open(answer["heatmap"]) as src:
+        assert src.bounds.left == pytest.approx(extent[0]) and src.bounds.top == pytest.approx(
+            extent[3]
+        )
+        assert src.bounds.right == pytest.approx(extent[2])
+        assert src.bounds.bottom == pytest.approx(extent[1])
 
 
 # --- the real subprocess ------------------------------------------------------------------------

@@ -204,7 +204,8 @@ class TransformersBackend:
         # "auto" spreads the model over the GPUs (needs accelerate); a named device needs not
         placement = {"device_map": "auto"} if device == "auto" else {}
         try:
-            self._model = transformers.AutoModelForImageTextToText.from_pretrained(
+            # Any: transformers' annotations of ``PreTrainedModel.to`` reject a device string.
+            self._model: Any = transformers.AutoModelForImageTextToText.from_pretrained(
                 model, dtype="auto", **placement
             )
             self._vision = True

@@ -1,14 +1,16 @@
 """The 248-token budget of long captions, counted with CLIP's own BPE tokenizer.
 
-DGTRS-CLIP reads at most 248 tokens, SOT and EOT included; the tokenizer silently drops the rest.
-A caption that does not fit teaches the model about words it never sees, so long captions are
-checked before they enter a manifest, and cut at a sentence boundary when they must be cut.
+DGTRS-CLIP reads at most :data:`~dgtrs_geo.tokens.DGTRS_CONTEXT_LENGTH` (248) tokens, SOT and EOT
+included; the tokenizer silently drops the rest. A caption that does not fit teaches the model
+about words it never sees, so long captions are checked before they enter a manifest, and cut at a
+sentence boundary when they must be cut.
 """
 
 from __future__ import annotations
 
-import functools
 import re
+
+from ..tokens import DGTRS_CONTEXT_LENGTH, count_tokens
 
 __all__ = ["count_clip_tokens", "cut_to_budget", "words_for_budget"]
 
@@ -17,16 +19,9 @@ __all__ = ["count_clip_tokens", "cut_to_budget", "words_for_budget"]
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
 
-@functools.cache
-def _tokenizer():  # noqa: ANN202 - open_clip's SimpleTokenizer, imported lazily (pulls in torch)
-    from open_clip.tokenizer import SimpleTokenizer
-
-    return SimpleTokenizer()
-
-
 def count_clip_tokens(text: str) -> int:
     """Return the number of CLIP tokens of ``text``: SOT + BPE tokens + EOT, before truncation."""
-    return len(_tokenizer().encode(text)) + 2
+    return count_tokens(text)
 
 
 def words_for_budget(budget: int) -> int:
@@ -38,7 +33,7 @@ def words_for_budget(budget: int) -> int:
     return max(1, int((budget - 2) / 1.3 * 0.9))
 
 
-def cut_to_budget(text: str, budget: int = 248) -> str:
+def cut_to_budget(text: str, budget: int = DGTRS_CONTEXT_LENGTH) -> str:
     """Return the longest prefix of whole sentences of ``text`` that fits ``budget`` tokens.
 
     If even the first sentence is too long, it is cut at the last word that fits and closed with

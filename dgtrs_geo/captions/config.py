@@ -14,6 +14,8 @@ from typing import Any
 
 import yaml
 
+from ..tokens import DGTRS_CONTEXT_LENGTH
+
 __all__ = ["STEPS", "CaptionConfig", "StepSettings", "load_config"]
 
 #: The four steps of the pipeline, in the order a DGTRSD build usually runs them.
@@ -92,7 +94,7 @@ class CaptionConfig:
     max_attempts: int = 5
     backoff_base: float = 1.0
     backoff_max: float = 60.0
-    token_budget: int = 248
+    token_budget: int = DGTRS_CONTEXT_LENGTH
     overflow: str = "retry"
     overflow_retries: int = 2
     image_max_side: int = 1024

@@ -115,7 +115,7 @@ def read_class_table(path: str | Path) -> dict[int, str]:
     return table
 
 
-def _place(box: tuple[slice, slice], centre: tuple[float, float], shape: tuple[int, int]) -> str:
+def _place(box: tuple[slice, slice], centre: tuple[float, float], shape: tuple[int, ...]) -> str:
     """Say where a region with bounding ``box`` and ``centre`` (row, col) lies in the image."""
     (rows, cols), (cy, cx), (height, width) = box, centre, shape
     row, col = min(2, int(3 * cy / height)), min(2, int(3 * cx / width))

@@ -9,7 +9,7 @@ from torch import Tensor
 from torchgeo.datamodules import NonGeoDataModule
 from torchgeo.datasets import NonGeoDataset
 
-#: OpenAI CLIP normalisation, used by DGTRS-CLIP (REFERENCE section 1).
+#: OpenAI CLIP normalisation, used by DGTRS-CLIP (docs/protocols.md section 1).
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 

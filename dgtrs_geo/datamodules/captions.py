@@ -22,6 +22,8 @@ class CaptionDataModule(ImageTextDataModule):
     because some distributions ship only train and test.
     """
 
+    dataset_class: type[RSCaptionDataset]
+
     def __init__(
         self,
         name: str = "rsitmd",

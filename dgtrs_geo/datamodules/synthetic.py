@@ -3,6 +3,7 @@
 from collections.abc import Sequence
 
 from ..datasets.synthetic import SyntheticScenes
+from ..tokens import CLIP_CONTEXT_LENGTH, DGTRS_CONTEXT_LENGTH
 from .base import CLIP_MEAN, CLIP_STD, ImageTextDataModule
 
 
@@ -23,8 +24,8 @@ class SyntheticScenesDataModule(ImageTextDataModule):
         test_length: int = 200,
         scene_size: int = 64,
         num_objects: tuple[int, int] = (2, 4),
-        late_token: int = 77,
-        max_tokens: int = 248,
+        late_token: int = CLIP_CONTEXT_LENGTH,
+        max_tokens: int = DGTRS_CONTEXT_LENGTH,
         seed: int = 0,
         mean: Sequence[float] = CLIP_MEAN,
         std: Sequence[float] = CLIP_STD,

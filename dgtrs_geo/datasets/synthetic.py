@@ -19,6 +19,7 @@ from matplotlib.figure import Figure
 from PIL import Image, ImageDraw
 from torchgeo.datasets import NonGeoDataset
 
+from ..tokens import CLIP_CONTEXT_LENGTH, DGTRS_CONTEXT_LENGTH
 from .utils import plot_caption_sample
 
 #: Background name -> mean RGB colour.
@@ -236,8 +237,8 @@ def draw_scene(
     seed: int | Sequence[int],
     scene_size: int = 64,
     num_objects: tuple[int, int] = (2, 4),
-    late_token: int = 77,
-    max_tokens: int = 248,
+    late_token: int = CLIP_CONTEXT_LENGTH,
+    max_tokens: int = DGTRS_CONTEXT_LENGTH,
 ) -> Scene:
     """Draw one small scene on a 3 x 3 grid with its captions.
 
@@ -316,8 +317,8 @@ class SyntheticScenes(NonGeoDataset):
         length: int = 1000,
         scene_size: int = 64,
         num_objects: tuple[int, int] = (2, 4),
-        late_token: int = 77,
-        max_tokens: int = 248,
+        late_token: int = CLIP_CONTEXT_LENGTH,
+        max_tokens: int = DGTRS_CONTEXT_LENGTH,
         seed: int = 0,
         transforms: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
     ) -> None:

@@ -160,7 +160,7 @@ class UserCaptions(GeoDataset):
             crs=self.raster.crs,
         )
 
-    def chip(self, i: int) -> GeoSlice:
+    def chip(self, i: int) -> tuple[slice, slice, slice]:
         """Return the query that reads feature *i*'s chip at ``chip_pixels`` pixels.
 
         Args:

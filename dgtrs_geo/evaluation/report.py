@@ -1,6 +1,6 @@
 """Write evaluation results: JSON, a Markdown table in the published layout, CSVs and figures.
 
-The main table has one row per model and the columns of REFERENCE.md section 7: ``<dataset> mR``
+The main table has one row per model and the columns of docs/protocols.md sec. 9: ``<dataset> mR``
 for retrieval (x100), the top-1 accuracy (%) for each zero-shot dataset, and
 ``SeLo Rsu / Rda / Ras / Rmi`` (4 decimals, no leading zero, as published). Detail tables follow.
 """

@@ -1,6 +1,6 @@
 """Image-text retrieval recalls (R@K and mR) with several captions per image.
 
-The protocol is GeoRSCLIP's (REFERENCE.md section 6): image->text R@K is the share of images with
+The protocol is GeoRSCLIP's (docs/protocols.md sec. 5): image->text R@K is the share of images with
 at least one of their captions among the K best-scored captions; text->image R@K is the share of
 captions whose image is among the K best-scored images; mR is the mean of all these recalls.
 

@@ -1,7 +1,9 @@
 """Semantic-localization (SeLo) metrics: Rsu, Ras, Rda and Rmi for one sample.
 
-Every step follows the AIR-SLT reference protocol (REFERENCE.md section 6), including the details
-that decide exactness: OpenCV's ``fillPoly`` for the ground-truth mask, OpenCV's normalised
+Every step follows the AIR-SLT reference protocol (docs/protocols.md sec. 8), including the details
+that decide exactness: ONE OpenCV ``fillPoly`` call over all of a sample's polygons for the
+ground-truth mask (see :func:`region_mask`: where polygons overlap this is not their union),
+OpenCV's normalised
 ``boxFilter`` on ``uint8`` (5 passes, 50x50, reflect-101 border), SciPy's 1000x1000
 ``maximum_filter``, scikit-image's 8-connected labels, ``int()`` truncation of region centres,
 radii and attention centroids, and inclusive radius tests. All parameters are in pixels, so maps
@@ -26,6 +28,8 @@ _RAS_SCALE = 3.0
 _RSU_SCALE = 0.707
 RMI_WEIGHTS = {"rsu": 0.4, "ras": 0.35, "rda": 0.25}
 """Weights of Rmi = 0.4 Rsu + 0.35 (1 - Ras) + 0.25 Rda."""
+MASK_RULES = ("reference", "union")
+"""Ground-truth mask rules: the reference's single ``fillPoly`` call, or the polygons' union."""
 
 
 def check_probability_map(prob_map: np.ndarray) -> np.ndarray:
@@ -85,21 +89,41 @@ def check_polygons(polygons: Sequence[np.ndarray | Sequence[Sequence[float]]]) -
     return checked
 
 
-def region_mask(shape: tuple[int, int], polygons: Sequence[np.ndarray]) -> np.ndarray:
-    """Union mask (uint8, 0/1) of the polygons filled with OpenCV's ``fillPoly`` rule.
+def region_mask(
+    shape: tuple[int, int], polygons: Sequence[np.ndarray], rule: str = "reference"
+) -> np.ndarray:
+    """Ground-truth mask (uint8, 0/1) of a sample's polygons.
+
+    ``rule="reference"`` is the reference implementation's mask: ONE ``cv2.fillPoly`` call over
+    all polygons (vertices cast to int32). OpenCV draws each polygon's outline (8-connected
+    lines) and fills the spans between the crossings of ALL edges on each scan line by parity
+    (even-odd), so pixels covered by an even number of polygons are left empty unless an outline
+    crosses them: two overlapping squares leave their common interior out. ``rule="union"`` fills
+    each polygon with its own call, which is the union of the regions (not comparable with
+    published numbers where polygons overlap; identical where they do not).
 
     Args:
         shape: ``(height, width)`` of the map.
-        polygons: ``(N, 2)`` arrays of pixel (x, y) vertices; cast to int32 like the reference.
+        polygons: ``(N, 2)`` arrays of pixel (x, y) vertices; truncated to int32 like the reference.
+        rule: ``"reference"`` or ``"union"``.
 
     Returns:
-        A ``uint8`` array of ``shape`` with 1 inside any polygon.
+        A ``uint8`` array of ``shape`` with 1 on the mask.
+
+    Raises:
+        ValueError: if ``rule`` is unknown.
 
     """
+    contours = [np.asarray(polygon).astype(np.int32) for polygon in polygons]
     mask = np.zeros(shape, dtype=np.uint8)
-    # One call per polygon: a single multi-contour call would treat overlaps by parity, not union.
-    for polygon in polygons:
-        cv2.fillPoly(mask, [np.asarray(polygon).astype(np.int32)], 1)
+    match rule:
+        case "reference":
+            cv2.fillPoly(mask, contours, 1)
+        case "union":
+            for contour in contours:
+                cv2.fillPoly(mask, [contour], 1)
+        case _:
+            raise ValueError(f"mask_rule must be one of {MASK_RULES}, got {rule!r}")
     return mask
 
 
@@ -186,7 +210,9 @@ def rmi(rsu: float, ras: float, rda: float) -> float:
 
 
 def selo_metrics(
-    prob_map: np.ndarray, polygons: Sequence[np.ndarray | Sequence[Sequence[float]]]
+    prob_map: np.ndarray,
+    polygons: Sequence[np.ndarray | Sequence[Sequence[float]]],
+    mask_rule: str = "reference",
 ) -> dict[str, float]:
     """SeLo metrics of one sample, exactly as the AIR-SLT reference protocol defines them.
 
@@ -194,18 +220,22 @@ def selo_metrics(
         prob_map: 2-D float map in [0, 1], rows = y, at the annotation's pixel resolution.
         polygons: ground-truth regions, each an ``(N >= 3, 2)`` array of pixel (x, y) vertices
             as in ``anno.json``.
+        mask_rule: ``"reference"`` (default: the reference's single ``fillPoly`` call, so
+            numbers compare with published ones bit for bit) or ``"union"`` (the union of the
+            polygons; differs only where polygons overlap). See :func:`region_mask`.
 
     Returns:
         ``{"rsu", "ras", "rda", "rmi"}``: Rsu, Rda and Rmi are higher-better, Ras lower-better.
 
     Raises:
         ValueError: if the map is not 2-D in [0, 1], a polygon has fewer than 3 vertices, the
-            polygons cover no pixel of the map, or a region's radius truncates to 0.
+            polygons cover no pixel of the map, a region's radius truncates to 0, or
+            ``mask_rule`` is unknown.
 
     """
     prob_map = check_probability_map(prob_map)
     polygons = check_polygons(polygons)
-    mask = region_mask(prob_map.shape, polygons)
+    mask = region_mask(prob_map.shape, polygons, mask_rule)
     if not mask.any():
         raise ValueError(
             f"the polygons cover no pixel of the {prob_map.shape[1]}x{prob_map.shape[0]} map: "

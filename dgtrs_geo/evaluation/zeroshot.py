@@ -1,4 +1,4 @@
-"""Zero-shot scene classification with prompt ensembles (REFERENCE.md section 6).
+"""Zero-shot scene classification with prompt ensembles (docs/protocols.md section 6).
 
 A class's weight is the mean of the *unnormalised* text embeddings of its prompts, then
 L2-normalised; logits are ``100 x`` the cosine between image and class weights.

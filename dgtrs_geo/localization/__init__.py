@@ -1,33 +1,53 @@
 """Semantic localization on rasters: windows, embedding index, heatmaps, polygons, raster I/O.
 
 The expensive step (embedding every window of a raster) is kept apart from the cheap one (scoring
-a text query against those embeddings): :func:`build_index` does the first and stores an
-:class:`EmbeddingIndex`; :func:`localize` reuses it for every query.
+a text query against those embeddings). A :class:`Localizer` session holds a model and
+:class:`LocalizationOptions`; ``Localizer.index(raster)`` does the first step and keeps the
+:class:`EmbeddingIndex` (on disk and in memory), ``Localizer.query(raster, texts)`` the second.
+:func:`build_index` and :func:`localize` are one-call wrappers over a session.
+
+Names are imported on first use, so the command line can read :class:`LocalizationOptions`
+without loading torch.
 """
 
-from .api import LocalizationResult, build_index, localize, resolve_model
-from .errors import Cancelled, IndexMismatchError
-from .index import EmbeddingIndex, default_index_dir
-from .raster import RasterSource, Stretch, ground_sample_distance
-from .reference import fast_probability_map, reference_probability_map
-from .windows import REFERENCE_SCALES, WindowPlan, plan_windows, scales_to_pixels
+from __future__ import annotations
 
-__all__ = [
-    "REFERENCE_SCALES",
-    "Cancelled",
-    "EmbeddingIndex",
-    "IndexMismatchError",
-    "LocalizationResult",
-    "RasterSource",
-    "Stretch",
-    "WindowPlan",
-    "build_index",
-    "default_index_dir",
-    "fast_probability_map",
-    "ground_sample_distance",
-    "localize",
-    "plan_windows",
-    "reference_probability_map",
-    "resolve_model",
-    "scales_to_pixels",
-]
+import importlib
+from typing import Any
+
+#: Public name -> the submodule that defines it.
+_EXPORTS = {
+    "REFERENCE_SCALES": "windows",
+    "Cancelled": "errors",
+    "EmbeddingIndex": "index",
+    "IndexMismatchError": "errors",
+    "LocalizationOptions": "options",
+    "Localizer": "session",
+    "LocalizationResult": "session",
+    "RasterSource": "raster",
+    "Stretch": "raster",
+    "WindowPlan": "windows",
+    "build_index": "api",
+    "default_index_dir": "index",
+    "fast_probability_map": "reference",
+    "ground_sample_distance": "raster",
+    "localize": "api",
+    "plan_windows": "windows",
+    "reference_probability_map": "reference",
+    "resolve_model": "session",
+    "scales_to_pixels": "windows",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -2,33 +2,69 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import geopandas as gpd
 import numpy as np
 import pandas as pd
 import rasterio.features
+import shapely
 from affine import Affine
+from pyproj import Geod
 from rasterio.crs import CRS
+from rasterio.warp import transform_geom
 from scipy import ndimage
-from shapely.geometry import shape
+from shapely.geometry import mapping, shape
+from shapely.geometry.base import BaseGeometry
 
-__all__ = ["heatmap_polygons"]
+__all__ = ["heatmap_polygons", "polygon_areas"]
 
 COLUMNS = ["query", "score_max", "score_mean", "area", "geometry"]
 
 
-def _areas(geoms: list, crs: CRS | None) -> list[float]:
-    """Areas in square metres (geodesic for geographic CRSs); square map units without a CRS."""
-    if crs is not None and crs.is_geographic:
-        from pyproj import Geod
+#: Edges are split into this many pieces per polygon extent before areas are measured, so an
+#: edge straight in the map's CRS (a parallel in EPSG:4326, a line in Web Mercator) follows
+#: geodesics closely: the relative area error falls with its square (under 1e-6 at 1 degree).
+_DENSIFY = 64
 
-        geod = Geod(ellps="WGS84")
-        return [abs(geod.geometry_area_perimeter(g)[0]) for g in geoms]
-    factor = crs.linear_units_factor[1] if crs is not None and crs.linear_units else 1.0
-    return [g.area * factor**2 for g in geoms]
+
+def _geodesic_area(geom: BaseGeometry, geod: Geod) -> float:
+    """Area of a (multi)polygon in lon/lat on the ellipsoid: exteriors minus holes."""
+    total = 0.0
+    for part in getattr(geom, "geoms", [geom]):
+        total += abs(geod.polygon_area_perimeter(*part.exterior.xy)[0])
+        total -= sum(abs(geod.polygon_area_perimeter(*ring.xy)[0]) for ring in part.interiors)
+    return total
+
+
+def polygon_areas(geoms: list[BaseGeometry], crs: CRS | None) -> list[float]:
+    """Return each polygon's geodesic area in square metres, whatever the CRS.
+
+    Polygons are densified, transformed to EPSG:4326 (cut at the antimeridian) and measured on
+    the WGS 84 ellipsoid: a planar area in Web Mercator would be too large by the square of the
+    scale factor (+23 % at 25 degrees latitude). Without a CRS, areas are in square pixels.
+
+    Args:
+        geoms: polygons or multipolygons in ``crs``.
+        crs: their CRS.
+
+    Returns:
+        One area per geometry.
+
+    """
+    if crs is None:
+        return [float(g.area) for g in geoms]
+    dense = []
+    for geom in geoms:
+        minx, miny, maxx, maxy = geom.bounds
+        dense.append(shapely.segmentize(geom, max(maxx - minx, maxy - miny) / _DENSIFY))
+    lonlat = transform_geom(crs, "EPSG:4326", [mapping(g) for g in dense])
+    geod = Geod(ellps="WGS84")
+    return [_geodesic_area(shape(g), geod) for g in lonlat]
 
 
 def heatmap_polygons(
-    heatmap: np.ndarray,
+    heatmap: np.ndarray[Any, Any],
     transform: Affine,
     crs: CRS | None,
     threshold: float,
@@ -73,7 +109,7 @@ def heatmap_polygons(
             "query": [query] * len(rows),
             "score_max": [float(maxima[label]) for label, _ in rows],
             "score_mean": [float(means[label]) for label, _ in rows],
-            "area": _areas(geoms, crs),
+            "area": polygon_areas(geoms, crs),
         },
         geometry=geoms,
         crs=crs,

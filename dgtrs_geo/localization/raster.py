@@ -7,13 +7,13 @@ reads, so memory stays bounded by the window and the output grid, not by the ras
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import rasterio
@@ -22,6 +22,8 @@ from rasterio.crs import CRS
 from rasterio.enums import MaskFlags, Resampling
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rasterio.windows import Window
+
+from .fingerprint import raster_fingerprint
 
 __all__ = [
     "ArraySource",
@@ -48,47 +50,24 @@ class Stretch:
     low: tuple[float, ...]
     high: tuple[float, ...]
 
-    def apply(self, data: np.ndarray) -> np.ndarray:
+    def apply(self, data: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
         """Return ``data`` (``[bands, h, w]``) as uint8."""
         if data.dtype == np.uint8 and self.is_identity:
             return data
         low = np.asarray(self.low, dtype=np.float32)[:, None, None]
         high = np.asarray(self.high, dtype=np.float32)[:, None, None]
         scaled = (data.astype(np.float32) - low) * (255.0 / np.maximum(high - low, 1e-12))
-        return np.clip(np.nan_to_num(scaled, nan=0.0), 0, 255).astype(np.uint8)
+        out: np.ndarray[Any, Any] = np.clip(np.nan_to_num(scaled, nan=0.0), 0, 255).astype(np.uint8)
+        return out
 
     @property
     def is_identity(self) -> bool:
         """Whether the stretch maps 0..255 onto itself (uint8 data passes through)."""
         return all(v == 0 for v in self.low) and all(v == 255 for v in self.high)
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         """Return the stretch as a JSON-able dict."""
         return {"low": list(self.low), "high": list(self.high)}
-
-
-def raster_fingerprint(path: str | Path) -> str:
-    """Return a sha256 fingerprint of a raster file's size and its first and last MiB.
-
-    Reading two MiB instead of the whole file keeps the check instant on 10 GB rasters while still
-    changing whenever the file is rewritten (headers, offsets and tile data sit at both ends).
-
-    Args:
-        path: the raster file.
-
-    Returns:
-        Hex digest.
-
-    """
-    path = Path(path)
-    size = path.stat().st_size
-    digest = hashlib.sha256(str(size).encode())
-    with path.open("rb") as f:
-        digest.update(f.read(1 << 20))
-        if size > 1 << 20:
-            f.seek(max(1 << 20, size - (1 << 20)))
-            digest.update(f.read(1 << 20))
-    return digest.hexdigest()
 
 
 def ground_sample_distance(transform: Affine, crs: CRS | None, width: int, height: int) -> float:
@@ -221,7 +200,7 @@ class RasterSource:
             self._pid = os.getpid()
         return self._dataset
 
-    def __getstate__(self) -> dict:
+    def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_dataset"] = None
         return state
@@ -246,7 +225,7 @@ class RasterSource:
             highs.append(float(hi) if hi > lo else float(lo) + 1.0)
         return Stretch(tuple(lows), tuple(highs))
 
-    def read(self, window: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    def read(self, window: Sequence[int]) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
         """Read one window at full resolution.
 
         Args:
@@ -264,7 +243,12 @@ class RasterSource:
             rgb[:, ~valid] = 0
         return rgb, valid
 
-    def _valid(self, win: Window | None, data: np.ndarray, out_shape=None) -> np.ndarray:
+    def _valid(
+        self,
+        win: Window | None,
+        data: np.ndarray[Any, Any],
+        out_shape: tuple[int, int, int] | None = None,
+    ) -> np.ndarray[Any, Any]:
         valid = np.ones(data.shape[1:], dtype=bool)
         if self.has_mask:
             masks = self.dataset.read_masks(
@@ -280,7 +264,7 @@ class RasterSource:
         max_side: int,
         region: tuple[int, int, int, int] | None = None,
         stretched: bool = True,
-    ) -> tuple[np.ndarray, np.ndarray]:
+    ) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
         """Read the raster (or a region of it) decimated so its longer side is at most ``max_side``.
 
         Args:
@@ -302,7 +286,7 @@ class RasterSource:
         shape: tuple[int, int],
         region: tuple[int, int, int, int] | None = None,
         stretched: bool = True,
-    ) -> tuple[np.ndarray, np.ndarray]:
+    ) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
         """Read the raster (or a region) resampled (nearest) to ``shape`` = ``(rows, cols)``."""
         win = Window(*region) if region is not None else None
         out_shape = (len(self.bands), *shape)
@@ -317,17 +301,21 @@ class RasterSource:
 
     def valid_grid(
         self, shape: tuple[int, int], region: tuple[int, int, int, int] | None = None
-    ) -> np.ndarray | None:
+    ) -> np.ndarray[Any, Any] | None:
         """Return the validity mask of a region resampled to ``shape``; None if all valid."""
         if not self.has_mask and np.dtype(self.dtype).kind != "f":
             return None
         return self.read_grid(shape, region, stretched=False)[1]
 
     def fingerprint(self) -> str:
-        """Return :func:`raster_fingerprint` of the file."""
-        return raster_fingerprint(self.path)
+        """Return the raster's content fingerprint: it changes with any byte of any file read.
 
-    def describe(self) -> dict:
+        See :mod:`dgtrs_geo.localization.fingerprint`; digests are cached per file, so an
+        unchanged raster costs a few ``stat`` calls.
+        """
+        return raster_fingerprint(self.path, list(self.dataset.files))
+
+    def describe(self) -> dict[str, Any]:
         """Return what identifies the pixels this source yields, as a JSON-able dict."""
         return {
             "path": str(self.path.resolve()),
@@ -337,6 +325,8 @@ class RasterSource:
             "transform": list(self.transform)[:6],
             "bands": list(self.bands),
             "stretch": self.stretch.to_json(),
+            # Nodata may come from a .aux.xml side file, which the fingerprint leaves out.
+            "nodata": None if self.nodata is None else repr(float(self.nodata)),
         }
 
 
@@ -350,7 +340,7 @@ class ArraySource:
 
     """
 
-    def __init__(self, image: np.ndarray) -> None:
+    def __init__(self, image: np.ndarray[Any, Any]) -> None:
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ValueError(
                 f"expected an H x W x 3 uint8 image, got shape {image.shape} dtype {image.dtype}"
@@ -363,7 +353,7 @@ class ArraySource:
         self.has_mask = False
         self.bands = (1, 2, 3)
 
-    def read(self, window: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    def read(self, window: Sequence[int]) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
         """Read one window; see :meth:`RasterSource.read`."""
         col, row, w, h = (int(v) for v in window)
         rgb = self.image[:, row : row + h, col : col + w].copy()
@@ -374,14 +364,16 @@ class ArraySource:
         max_side: int,
         region: tuple[int, int, int, int] | None = None,
         stretched: bool = True,
-    ) -> tuple[np.ndarray, np.ndarray]:
+    ) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
         """Return the image (or a region) decimated so its longer side is at most ``max_side``."""
         col, row, w, h = region or (0, 0, self.width, self.height)
         step = max(1, math.ceil(max(w, h) / max_side))
         rgb = self.image[:, row : row + h : step, col : col + w : step]
         return rgb, np.ones(rgb.shape[1:], dtype=bool)
 
-    def valid_grid(self, shape: tuple[int, int], region=None) -> None:
+    def valid_grid(
+        self, shape: tuple[int, int], region: tuple[int, int, int, int] | None = None
+    ) -> None:
         """Every pixel of an array is valid."""
         return None
 

@@ -1,6 +1,6 @@
 """Probability maps of images held in memory: the published recipe, exactly, and the fast mode.
 
-The reference recipe (REFERENCE.md section 6, steps 1-3) plans windows of 256, 512 and 768 px
+The reference recipe (docs/protocols.md section 7) plans windows of 256, 512 and 768 px
 (two grids each, clamped, deduplicated), resizes each crop to 256 x 256 (bicubic) and then applies
 the model's own preprocessing, scores it by cosine similarity with the query, averages the scores
 of the windows covering each pixel, min-max normalises, converts to uint8 (truncating), and median
@@ -136,7 +136,6 @@ def fast_probability_map(
     coarse = normalise(smooth(mean, sigma / cell), "minmax")
     if cell == 1:
         return coarse
-    # The grid's last cells may overhang the image: resize the covered extent, then crop.
-    rows, cols = coarse.shape
-    full = cv2.resize(coarse, (cols * cell, rows * cell), interpolation=cv2.INTER_LINEAR)
-    return normalise(full[:height, :width], "minmax")
+    # The grid covers the image exactly (heatmap.grid_transform), so it resizes onto it.
+    full = cv2.resize(coarse, (width, height), interpolation=cv2.INTER_LINEAR)
+    return normalise(full, "minmax")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -33,7 +34,7 @@ class WindowPlan:
 
     """
 
-    windows: np.ndarray
+    windows: np.ndarray[Any, Any]
     scales: tuple[int, ...]
     width: int
     height: int
@@ -42,7 +43,7 @@ class WindowPlan:
     def __len__(self) -> int:
         return len(self.windows)
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         """Return the plan's parameters (not its windows) as a JSON-able dict."""
         return {
             "scales": list(self.scales),
@@ -53,12 +54,13 @@ class WindowPlan:
         }
 
 
-def _starts(length: int, size: int) -> np.ndarray:
+def _starts(length: int, size: int) -> np.ndarray[Any, Any]:
     """Window starts along one axis: grids at offsets 0 and size // 2, clamped to the edge."""
     if size >= length:
         return np.zeros(1, dtype=np.int64)
     starts = [np.arange(offset, length, size) for offset in (0, size // 2)]
-    return np.minimum(np.concatenate(starts), length - size)
+    starts_all: np.ndarray[Any, Any] = np.minimum(np.concatenate(starts), length - size)
+    return starts_all
 
 
 def plan_windows(

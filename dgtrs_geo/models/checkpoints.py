@@ -11,6 +11,9 @@ Formats read (all through ``torch.load(..., weights_only=True)``; TorchScript ar
 - ``lightning``: this project's Lightning checkpoints (``state_dict`` under ``model.``).
 
 Formats written: ``dgtrs`` (loads in the authors' code) and ``open_clip``.
+
+Weights that hold NaN or infinity are refused on reading: they would embed everything as NaN and
+every score and map downstream would be NaN without any other error.
 """
 
 from __future__ import annotations
@@ -19,16 +22,24 @@ import pickle
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.nn.utils import parametrize
+
+from ..errors import ModelError
+from ..tokens import KPS_KEEP
+
+if TYPE_CHECKING:
+    from open_clip import CLIP
 
 __all__ = [
     "CheckpointError",
     "CheckpointFormat",
+    "CheckpointNotFoundError",
     "KPS_KEEP",
+    "check_finite",
     "detect_format",
     "fold_dgtrs_state_dict",
     "read_checkpoint",
@@ -39,15 +50,16 @@ __all__ = [
 CheckpointFormat = Literal["dgtrs", "open_clip", "openai", "lightning"]
 FORMATS: tuple[str, ...] = ("dgtrs", "open_clip", "openai", "lightning")
 
-#: Rows of the positional table the DGTRS release takes from ``positional_embedding``.
-KPS_KEEP = 20
-
 _OPENAI_EXTRAS = ("input_resolution", "context_length", "vocab_size")
 _LIGHTNING_PREFIX = "model."
 
 
-class CheckpointError(ValueError):
+class CheckpointError(ModelError):
     """A file that cannot be read as a CLIP checkpoint; the message says what it is instead."""
+
+
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """A checkpoint path that does not exist (and is no registered model name either)."""
 
 
 def _is_torchscript(path: Path) -> bool:
@@ -61,7 +73,7 @@ def _is_torchscript(path: Path) -> bool:
 def _torch_load(path: Path) -> object:
     """Load ``path`` with ``weights_only=True``, turning every failure into a clear message."""
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise CheckpointNotFoundError(f"checkpoint not found: {path}")
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path} is empty (0 bytes): expected a PyTorch checkpoint (.pt)")
     with path.open("rb") as file:
@@ -197,7 +209,9 @@ def read_checkpoint(
     if checkpoint_format is not None and checkpoint_format not in FORMATS:
         raise ValueError(f"unknown checkpoint format {checkpoint_format!r}: use one of {FORMATS}")
     if _is_torchscript(path):
-        payload: object = torch.jit.load(str(path), map_location="cpu").state_dict()
+        # torch.jit.load is not annotated; a TorchScript archive runs no pickle code.
+        archive = torch.jit.load(str(path), map_location="cpu")  # type: ignore[no-untyped-call]
+        payload: object = archive.state_dict()
         checkpoint_format = checkpoint_format or "openai"
     else:
         payload = _torch_load(path)
@@ -223,10 +237,38 @@ def read_checkpoint(
     state = {
         key: value.float() if value.is_floating_point() else value for key, value in state.items()
     }
+    check_finite(state, path)
     return state, checkpoint_format
 
 
-def plain_state_dict(clip: nn.Module) -> dict[str, Tensor]:
+def check_finite(state: Mapping[str, Tensor], source: str | Path) -> None:
+    """Refuse weights that hold NaN or infinity, naming the first such tensor.
+
+    A sum is finite only if every term is, so finite weights cost one reduction per tensor and
+    no temporary mask; the element-wise test runs only where a sum is not finite, which finite
+    values can also give by overflowing.
+
+    Args:
+        state: tensors by key, in the order they are checked.
+        source: what to call the weights in the message (usually the file).
+
+    Raises:
+        CheckpointError: at the first tensor with a non-finite value.
+
+    """
+    for key, value in state.items():
+        if not value.is_floating_point() or bool(torch.isfinite(value.sum())):
+            continue
+        if bad := int((~torch.isfinite(value)).sum()):
+            raise CheckpointError(
+                f"{source}: tensor {key!r} holds {bad} NaN or infinite value(s) out of "
+                f"{value.numel()}; every embedding of this model would be NaN. The weights are "
+                "broken (a diverged training run or a damaged file): use another checkpoint, "
+                "or an earlier one of the same run."
+            )
+
+
+def plain_state_dict(clip: CLIP) -> dict[str, Tensor]:
     """Return ``clip``'s weights with one plain positional table (no training parametrization)."""
     state = {}
     for key, value in clip.state_dict().items():
@@ -239,7 +281,7 @@ def plain_state_dict(clip: nn.Module) -> dict[str, Tensor]:
 
 
 def save_checkpoint(
-    clip: nn.Module, path: str | Path, format: Literal["dgtrs", "open_clip"] = "dgtrs"
+    clip: CLIP, path: str | Path, format: Literal["dgtrs", "open_clip"] = "dgtrs"
 ) -> Path:
     """Write ``clip``'s weights so other code can load them.
 

@@ -4,20 +4,23 @@ from __future__ import annotations
 
 import hashlib
 import warnings
-from collections.abc import Sequence
-from contextlib import nullcontext
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 import open_clip
 import torch
 import torch.nn.functional as F
+from open_clip import CLIP
 from PIL import Image
-from torch import Tensor, nn
+from torch import Tensor
 
+from .. import tokens
+from ..errors import ModelError
 from .architecture import architecture_config, create_clip, infer_config
-from .checkpoints import CheckpointError, CheckpointFormat, read_checkpoint
-from .kps import stretch_positional_embedding, stretched_length
-from .registry import REGISTRY, download_weights, weights_path
+from .checkpoints import CheckpointError, CheckpointFormat, CheckpointNotFoundError, read_checkpoint
+from .kps import stretch_positional_embedding
+from .registry import REGISTRY, WeightsUnavailableError, download_weights, weights_path
 
 __all__ = [
     "EmbeddingModel",
@@ -64,18 +67,18 @@ class EmbeddingModel:
 
     """
 
-    def __init__(self, clip: nn.Module, model_id: str, device: str | torch.device = "cpu") -> None:
+    def __init__(self, clip: CLIP, model_id: str, device: str | torch.device = "cpu") -> None:
         self.device = torch.device(device)
         self.clip = clip.to(self.device).eval()
         self.model_id = model_id
-        self.context_length: int = clip.context_length
+        self.context_length = int(clip.context_length)
         size = clip.visual.image_size
-        self.image_size: int = size[0] if isinstance(size, tuple) else int(size)
+        self.image_size = int(size[0] if isinstance(size, tuple) else size)
         self.mean, self.std = OPENAI_MEAN, OPENAI_STD
-        self.preprocess = open_clip.image_transform(
+        self.preprocess: Callable[[Image.Image], Tensor] = open_clip.image_transform(
             self.image_size, is_train=False, mean=self.mean, std=self.std
         )
-        self.tokenizer = open_clip.get_tokenizer("ViT-B-16", context_length=self.context_length)
+        self.tokenizer: tokens.ClipTokenizer = tokens.clip_tokenizer(self.context_length)
 
     @property
     def embed_dim(self) -> int:
@@ -84,9 +87,9 @@ class EmbeddingModel:
 
     def count_tokens(self, text: str) -> int:
         """Return the tokens ``text`` needs, start and end tokens included, before any cut."""
-        return len(self.tokenizer.encode(text)) + 2
+        return tokens.count_tokens(text)
 
-    def _autocast(self):
+    def _autocast(self) -> AbstractContextManager[object]:
         if self.device.type == "cuda":
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return nullcontext()
@@ -125,11 +128,11 @@ class EmbeddingModel:
     @torch.inference_mode()
     def encode_text(self, texts: Sequence[str], batch_size: int = 256) -> Tensor:
         """Embed texts; returns ``[N, D]`` unit vectors. Over-long texts are cut with a warning."""
-        tokens = self.tokenize(texts)
+        ids = self.tokenize(texts)
         chunks = []
-        for start in range(0, len(tokens), batch_size):
+        for start in range(0, len(ids), batch_size):
             with self._autocast():
-                features = self.clip.encode_text(tokens[start : start + batch_size].to(self.device))
+                features = self.clip.encode_text(ids[start : start + batch_size].to(self.device))
             chunks.append(F.normalize(features.float(), dim=-1))
         return torch.cat(chunks).cpu()
 
@@ -146,7 +149,7 @@ class EmbeddingModel:
         )
 
 
-def _load_strict(clip: nn.Module, state: dict[str, Tensor], source: str) -> None:
+def _load_strict(clip: CLIP, state: dict[str, Tensor], source: str) -> None:
     expected = clip.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -174,7 +177,7 @@ def build_clip(
     quick_gelu: bool = True,
     kps: tuple[int, int] | None = None,
     source: str = "checkpoint",
-) -> nn.Module:
+) -> CLIP:
     """Build an open_clip ``CLIP`` from a state dict, optionally stretching its text positions.
 
     Args:
@@ -228,17 +231,20 @@ def load_model(
         checkpoint_format: read the file as this format instead of detecting it.
         arch: open_clip architecture (needed only when shapes cannot tell, e.g. custom configs).
         quick_gelu: activation; default QuickGELU except for open_clip-format checkpoints.
-        kps: stretch a 77-token model's text positions with KPS: True for (keep=20, ratio=4),
-            or an explicit ``(keep, ratio)``.
+        kps: stretch a 77-token model's text positions with KPS: True for the defaults
+            (keep=20, ratio=4), or an explicit ``(keep, ratio)``.
         download: allow downloading named weights that are not cached.
 
     Returns:
         An :class:`EmbeddingModel` in eval mode on ``device``.
 
     Raises:
-        FileNotFoundError: if ``source`` is neither a registered name nor an existing file.
+        CheckpointNotFoundError: if ``source`` is neither a registered name nor an existing
+            file (a ``FileNotFoundError`` too).
         WeightsUnavailableError: if named weights are not cached and cannot be downloaded.
-        CheckpointError: if the file is not a readable, safe CLIP checkpoint.
+        CheckpointError: if the file is not a readable, safe CLIP checkpoint, or its weights
+            hold NaN or infinity.
+        ModelError: if KPS is asked for a model that does not have 77 text positions.
 
     """
     if str(device) == "auto":
@@ -249,7 +255,10 @@ def load_model(
         if not download:
             path = weights_path(entry)
             if not path.is_file():
-                raise FileNotFoundError(f"weights for {name!r} are not cached at {path}")
+                raise WeightsUnavailableError(
+                    f"weights for {name!r} are not cached at {path} and downloading is off: "
+                    f"download {entry.url} and save it there"
+                )
         else:
             path = download_weights(entry)
         checkpoint_format = checkpoint_format or entry.format
@@ -259,22 +268,33 @@ def load_model(
         path = Path(source).expanduser()
         if not path.is_file():
             names = ", ".join(REGISTRY)
-            raise FileNotFoundError(
+            raise CheckpointNotFoundError(
                 f"{name!r} is neither a registered model name ({names}) nor an existing checkpoint file"
             )
     state, found_format = read_checkpoint(path, checkpoint_format)
     if quick_gelu is None:
         quick_gelu = found_format != "open_clip"
-    stretch: tuple[int, int] | None = None
-    if kps:
-        stretch = (20, 4) if kps is True else tuple(kps)  # type: ignore[assignment]
-        context = state["positional_embedding"].shape[0]
-        if context != 77:
-            raise ValueError(
-                f"KPS stretches 77-token models; {path.name} already has {context} positions"
-            )
+    stretch = _kps_stretch(kps, state, path)
     clip = build_clip(state, arch=arch, quick_gelu=quick_gelu, kps=stretch, source=str(path))
     model_id = f"{entry.name if entry else path.stem}-{file_fingerprint(path)}"
     if stretch:
-        model_id += f"-kps{stretch[0]}x{stretch[1]}-{stretched_length(77, *stretch)}"
+        keep, ratio = stretch
+        length = tokens.stretched_length(tokens.CLIP_CONTEXT_LENGTH, keep, ratio)
+        model_id += f"-kps{keep}x{ratio}-{length}"
     return EmbeddingModel(clip, model_id=model_id, device=device)
+
+
+def _kps_stretch(
+    kps: bool | tuple[int, int], state: dict[str, Tensor], path: Path
+) -> tuple[int, int] | None:
+    """Return the ``(keep, ratio)`` KPS asked for, or None; only 77-token weights stretch."""
+    if kps is False:
+        return None
+    keep, ratio = (tokens.KPS_KEEP, tokens.KPS_RATIO) if kps is True else kps
+    context = state["positional_embedding"].shape[0]
+    if context != tokens.CLIP_CONTEXT_LENGTH:
+        raise ModelError(
+            f"KPS stretches {tokens.CLIP_CONTEXT_LENGTH}-token models; {path.name} already has "
+            f"{context} positions: load it without KPS"
+        )
+    return int(keep), int(ratio)

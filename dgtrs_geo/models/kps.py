@@ -9,9 +9,16 @@ extrapolated along its last difference. During training the kept rows stay froze
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
+
+from ..tokens import KPS_KEEP, KPS_RATIO, stretched_length
+
+if TYPE_CHECKING:
+    from open_clip import CLIP
 
 __all__ = [
     "FrozenPrefix",
@@ -22,12 +29,9 @@ __all__ = [
 ]
 
 
-def stretched_length(length: int, keep: int = 20, ratio: int = 4) -> int:
-    """Return the number of rows KPS produces from a ``length``-row table."""
-    return ratio * length - (ratio - 1) * keep
-
-
-def stretch_positional_embedding(pe: Tensor, keep: int = 20, ratio: int = 4) -> Tensor:
+def stretch_positional_embedding(
+    pe: Tensor, keep: int = KPS_KEEP, ratio: int = KPS_RATIO
+) -> Tensor:
     """Stretch a ``(L, W)`` positional table to ``ratio * L - (ratio - 1) * keep`` rows.
 
     Row ``k < keep`` is copied. Row ``k >= keep`` reads position ``p = keep + (k - keep) / ratio``
@@ -73,6 +77,8 @@ class FrozenPrefix(nn.Module):
     them; the buffer travels with ``state_dict`` and is broadcast by DDP like any buffer.
     """
 
+    prefix: Tensor
+
     def __init__(self, prefix: Tensor) -> None:
         super().__init__()
         self.register_buffer("prefix", prefix.detach().clone())
@@ -83,7 +89,7 @@ class FrozenPrefix(nn.Module):
         return torch.cat([self.prefix.to(table.dtype), table[keep:]], dim=0)
 
 
-def freeze_positional_prefix(text_model: nn.Module, keep: int = 20) -> None:
+def freeze_positional_prefix(text_model: CLIP, keep: int = KPS_KEEP) -> None:
     """Freeze rows ``< keep`` of ``text_model.positional_embedding`` for training.
 
     Args:
@@ -101,7 +107,7 @@ def freeze_positional_prefix(text_model: nn.Module, keep: int = 20) -> None:
     parametrize.register_parametrization(text_model, "positional_embedding", FrozenPrefix(prefix))
 
 
-def frozen_prefix_rows(text_model: nn.Module) -> int:
+def frozen_prefix_rows(text_model: CLIP) -> int:
     """Return how many leading positional rows are frozen (0 when none)."""
     if not parametrize.is_parametrized(text_model, "positional_embedding"):
         return 0

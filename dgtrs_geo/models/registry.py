@@ -1,18 +1,20 @@
 """Named pretrained models: where their weights come from and where they are cached.
 
-Weights download on first use into the cache dir (``$DGTRS_GEO_CACHE``, else
-``$XDG_CACHE_HOME/dgtrs-geo``, else ``~/.cache/dgtrs-geo``), are checked against their sha256
-where it is published, and are written atomically so an interrupted download leaves nothing that
-looks complete.
+Weights download on first use into ``cache_dir("models")`` (see :mod:`dgtrs_geo.cache`), are
+checked against their sha256 where it is published, and are written atomically so an interrupted
+download leaves nothing that looks complete.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
+# Re-exported: ``dgtrs_geo.models.cache_dir`` was public before dgtrs_geo.cache existed.
+from ..cache import cache_dir
+from ..errors import ModelError
+from ..tokens import CLIP_CONTEXT_LENGTH, DGTRS_CONTEXT_LENGTH
 from .checkpoints import CheckpointFormat
 
 __all__ = [
@@ -132,21 +134,13 @@ _ENTRIES = [
 REGISTRY: dict[str, ModelEntry] = {entry.name: entry for entry in _ENTRIES}
 
 
-class WeightsUnavailableError(RuntimeError):
-    """Named weights are not cached and could not be downloaded."""
-
-
-def cache_dir() -> Path:
-    """Return the directory for downloaded weights and other caches."""
-    if env := os.environ.get("DGTRS_GEO_CACHE"):
-        return Path(env).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "dgtrs-geo"
+class WeightsUnavailableError(ModelError, RuntimeError):
+    """Named weights are not cached and could not be downloaded (or arrived corrupt)."""
 
 
 def weights_path(entry: ModelEntry) -> Path:
     """Return where ``entry``'s weights live in the cache (whether or not they are there)."""
-    return cache_dir() / "models" / entry.filename
+    return cache_dir("models") / entry.filename
 
 
 def _sha256(path: Path) -> str:
@@ -162,8 +156,7 @@ def download_weights(entry: ModelEntry, *, progress: bool = True) -> Path:
 
     Raises:
         WeightsUnavailableError: offline or on any download failure, naming the file to fetch and
-            where to put it.
-        ValueError: if the downloaded file does not match the published sha256.
+            where to put it, or if the downloaded file does not match the published sha256.
 
     """
     target = weights_path(entry)
@@ -200,8 +193,9 @@ def download_weights(entry: ModelEntry, *, progress: bool = True) -> Path:
         ) from error
     if entry.sha256 is not None and (found := _sha256(partial)) != entry.sha256:
         partial.unlink(missing_ok=True)
-        raise ValueError(
-            f"download of {entry.name!r} is corrupt: sha256 {found} != published {entry.sha256}"
+        raise WeightsUnavailableError(
+            f"download of {entry.name!r} is corrupt: sha256 {found} != published {entry.sha256}. "
+            f"Try again, or download {entry.url} yourself and save it as {target}."
         )
     partial.replace(target)
     return target
@@ -209,7 +203,7 @@ def download_weights(entry: ModelEntry, *, progress: bool = True) -> Path:
 
 def registry_status() -> list[dict[str, object]]:
     """Describe every named model and whether its weights are in the cache."""
-    rows = []
+    rows: list[dict[str, object]] = []
     for entry in REGISTRY.values():
         path = weights_path(entry)
         rows.append(
@@ -217,7 +211,9 @@ def registry_status() -> list[dict[str, object]]:
                 "name": entry.name,
                 "arch": entry.arch or "inferred",
                 "format": entry.format,
-                "context_length": 248 if entry.format == "dgtrs" else 77,
+                "context_length": (
+                    DGTRS_CONTEXT_LENGTH if entry.format == "dgtrs" else CLIP_CONTEXT_LENGTH
+                ),
                 "cached": path.is_file(),
                 "path": str(path),
                 "url": entry.url,

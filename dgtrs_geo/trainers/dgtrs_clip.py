@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_only
+from open_clip import CLIP
 from open_clip.transformer import text_global_pool
 from torch import Tensor, nn
 from torch.optim import AdamW
@@ -22,6 +23,7 @@ from ..curriculum import DGCLSchedule, ScheduleName, dgcl_weights
 from ..evaluation.retrieval import retrieval_recalls
 from ..losses import DualGranularityLoss
 from ..models import build_clip, create_clip, freeze_positional_prefix, load_model, save_checkpoint
+from ..tokens import CLIP_CONTEXT_LENGTH, DGTRS_CONTEXT_LENGTH, KPS_KEEP, KPS_RATIO, clip_tokenizer
 
 try:
     from torchgeo.tasks import BaseTask
@@ -52,7 +54,7 @@ def warmup_cosine(step: int, warmup_steps: int, total_steps: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(step - warmup_steps, decay_steps) / decay_steps))
 
 
-def encode_text_trimmed(clip: nn.Module, tokens: Tensor) -> Tensor:
+def encode_text_trimmed(clip: CLIP, tokens: Tensor) -> Tensor:
     """``clip.encode_text(tokens)`` computed only up to the batch's last end-of-text token.
 
     The text tower is causal and pooled at the end-of-text token (the largest id), so padding
@@ -104,15 +106,15 @@ class DGTRSCLIPTask(BaseTask):
     monitor = "val_mR"
     mode = "max"
 
-    model: nn.Module
+    model: CLIP
 
     def __init__(
         self,
         arch: str = "dgtrs-vit-b-16",
         init_checkpoint: str | None = None,
-        context_length: int = 248,
-        kps_keep: int = 20,
-        kps_ratio: int = 4,
+        context_length: int = DGTRS_CONTEXT_LENGTH,
+        kps_keep: int = KPS_KEEP,
+        kps_ratio: int = KPS_RATIO,
         freeze_kept_positions: bool = True,
         lr: float = 1e-6,
         weight_decay: float = 1e-2,
@@ -181,7 +183,7 @@ class DGTRSCLIPTask(BaseTask):
             clip = create_clip(hparams["arch"], context_length=context)
         else:
             loaded = load_model(source).clip
-            if loaded.context_length == 77 and context > 77:
+            if loaded.context_length == CLIP_CONTEXT_LENGTH and context > CLIP_CONTEXT_LENGTH:
                 # Only a 77-token start is stretched, and the file tells its length once read.
                 loaded = load_model(source, kps=(hparams["kps_keep"], hparams["kps_ratio"])).clip
             clip = self._fit_context(loaded, context)
@@ -191,7 +193,7 @@ class DGTRSCLIPTask(BaseTask):
         if hparams["freeze_kept_positions"]:
             freeze_positional_prefix(clip, keep=hparams["kps_keep"])
         self.model = clip.train()
-        self.tokenizer = open_clip.get_tokenizer("ViT-B-16", context_length=context)
+        self.tokenizer = clip_tokenizer(context)
         self.schedule = DGCLSchedule(
             name=hparams["dgcl_schedule"],
             long_start=hparams["dgcl_long_start"],
@@ -203,15 +205,16 @@ class DGTRSCLIPTask(BaseTask):
         )
 
     @staticmethod
-    def _fit_context(clip: nn.Module, context: int) -> nn.Module:
+    def _fit_context(clip: CLIP, context: int) -> CLIP:
         """Return ``clip`` with ``context`` text positions, cutting a longer table if needed."""
         if clip.context_length == context:
             return clip
         if clip.context_length < context:
             raise ValueError(
                 f"the initial checkpoint has {clip.context_length} text positions and cannot reach "
-                f"context_length={context}: KPS stretches 77-token models only; set "
-                f"context_length={clip.context_length} or start from a 77-token CLIP"
+                f"context_length={context}: KPS stretches {CLIP_CONTEXT_LENGTH}-token models only; "
+                f"set context_length={clip.context_length} or start from a "
+                f"{CLIP_CONTEXT_LENGTH}-token CLIP"
             )
         state = dict(clip.state_dict())
         state["positional_embedding"] = state["positional_embedding"][:context]
@@ -247,7 +250,8 @@ class DGTRSCLIPTask(BaseTask):
             Optimizer and per-step learning rate scheduler.
 
         """
-        decay, no_decay = [], []
+        decay: list[nn.Parameter] = []
+        no_decay: list[nn.Parameter] = []
         for name, parameter in self.model.named_parameters():
             if parameter.requires_grad:
                 (no_decay if _no_weight_decay(name, parameter) else decay).append(parameter)
@@ -371,7 +375,7 @@ class DGTRSCLIPTask(BaseTask):
         self._features = {}
         images = gathered["image"]
         pairs = torch.arange(images.shape[0], device=images.device)
-        metrics = {}
+        metrics: dict[str, float] = {}
         for granularity in GRANULARITIES:
             recalls = retrieval_recalls(images, gathered[granularity], pairs)
             metrics |= {f"{stage}_{granularity}_{name}": value for name, value in recalls.items()}

@@ -18,6 +18,9 @@ import threading
 import time
 from typing import Any, Callable, Deque, Dict, List, Optional
 
+from ..version import engine_mismatch
+from .protocol import stage_of
+
 #: How long a cancelled job may take to stop before the worker process is killed.
 CANCEL_GRACE_S = 0.8
 #: After this long without any event, the client pings the worker to tell slow from hung.
@@ -25,7 +28,9 @@ QUIET_BEFORE_PING_S = 5.0
 #: A worker that leaves a ping unanswered this long is hung: it is killed and reported.
 PING_TIMEOUT_S = 10.0
 
-ProgressCallback = Callable[[float, str], None]
+#: Called with ``(fraction, message, stage)``; ``fraction`` is None while it is unknown (starting,
+#: loading a model), ``stage`` is "" when the worker sent none and none could be inferred.
+ProgressCallback = Callable[[Optional[float], str, str], None]
 
 
 class WorkerError(RuntimeError):
@@ -48,6 +53,10 @@ class BackendUnavailable(WorkerError):
     """The worker could not be started: no interpreter, or no ``dgtrs-geo`` in it."""
 
 
+class BackendIncompatible(BackendUnavailable):
+    """The backend's engine is another release than the plugin's (the protocol may differ)."""
+
+
 def worker_command(python: str) -> List[str]:
     """Return the argv that starts the worker with interpreter ``python``."""
     return [python, "-u", "-m", "dgtrs_geo.worker"]
@@ -60,6 +69,9 @@ class WorkerClient:
         command: argv that starts the worker (see :func:`worker_command`).
         start_timeout: seconds to wait for the worker's ``ready`` line (it imports torch).
         env: extra environment variables for the worker.
+        expected_version: the plugin's version; a worker whose engine is another major or minor
+            release is refused (:class:`BackendIncompatible`), one that differs in the patch
+            level only is used and ``version_note`` says so. None: no check.
 
     """
 
@@ -68,11 +80,17 @@ class WorkerClient:
         command: List[str],
         start_timeout: float = 180.0,
         env: Optional[Dict[str, str]] = None,
+        expected_version: Optional[str] = None,
     ) -> None:
         self.command = list(command)
         self.start_timeout = start_timeout
         self.env = dict(env or {})
+        self.expected_version = expected_version
         self.info: Dict[str, Any] = {}
+        #: Seconds the last start took (from spawning to ``ready``).
+        self.start_seconds = 0.0
+        #: A warning about a patch-level version difference ("" when the versions match).
+        self.version_note = ""
         self._process: Optional[subprocess.Popen] = None
         self._pending: Dict[str, "queue.Queue[dict]"] = {}
         self._stderr: Deque[str] = collections.deque(maxlen=40)
@@ -95,12 +113,16 @@ class WorkerClient:
         """The worker's process id, or None when none runs."""
         return self._process.pid if self.alive and self._process else None
 
-    def start(self) -> Dict[str, Any]:
+    def start(self, on_progress: Optional[ProgressCallback] = None) -> Dict[str, Any]:
         """Start the worker if it is not running; return its ``ready`` information.
+
+        Args:
+            on_progress: told ``(None, "", "starting")`` before a worker is spawned.
 
         Raises:
             BackendUnavailable: if the interpreter is missing or the worker exits before it is
                 ready (``dgtrs-geo`` not installed there, broken torch, ...).
+            BackendIncompatible: if its engine is another release than ``expected_version``.
 
         """
         # The lock is held until the worker is ready: a second caller (a token count on another
@@ -108,7 +130,44 @@ class WorkerClient:
         with self._lock:
             if self.alive:
                 return self.info
-            return self._start()
+            if on_progress is not None:
+                on_progress(None, "", "starting")
+            started = time.monotonic()
+            info = self._start()
+            self.start_seconds = time.monotonic() - started
+            self._check_version(info)
+            return info
+
+    def _check_version(self, info: Dict[str, Any]) -> None:
+        """Refuse an engine of another release; note a patch-level difference."""
+        if self.expected_version is None:
+            return
+        engine = info.get("version")
+        mismatch = engine_mismatch(engine, self.expected_version)
+        self.version_note = ""
+        if mismatch == "minor":
+            self.version_note = (
+                "the backend runs dgtrs-geo {}, the plugin was built with {}; it works, but "
+                "'Set up backend' installs the matching engine".format(
+                    engine, self.expected_version
+                )
+            )
+        elif mismatch == "major":
+            self.close()
+            raise BackendIncompatible(
+                "the backend {} runs dgtrs-geo {}, but this plugin ({}) needs dgtrs-geo {}: the "
+                "two talk a different request format. Open Plugins > DGTRS-Geo > Backend "
+                "settings and click 'Set up backend' (installs the engine the plugin carries), "
+                "or run '{} -m pip install dgtrs-geo=={}' in your own environment.".format(
+                    self.command[0],
+                    engine or "(unknown version)",
+                    self.expected_version,
+                    self.expected_version,
+                    self.command[0],
+                    self.expected_version,
+                ),
+                "BackendIncompatible",
+            )
 
     def _start(self) -> Dict[str, Any]:
         """Spawn the worker and wait for its ``ready`` line (the caller holds the lock)."""
@@ -164,9 +223,10 @@ class WorkerClient:
             # Let the last words of the dying worker reach the report.
             self._stderr_thread.join(timeout=2)
             raise BackendUnavailable(
-                "the backend {!r} exited while starting (code {}). {}\nInstall dgtrs-geo into "
-                "that interpreter ('{} -m pip install dgtrs-geo') or pick another one in the "
-                "plugin settings.".format(
+                "the backend {!r} exited while starting (code {}). {}\nOpen Plugins > DGTRS-Geo > "
+                "Backend settings and click 'Set up backend' (installs the engine the plugin "
+                "carries), or install dgtrs-geo into that interpreter ('{} -m pip install "
+                "dgtrs-geo') or pick another one there.".format(
                     self.command[0], event.get("returncode"), self.stderr_tail(), self.command[0]
                 ),
                 "BackendUnavailable",
@@ -217,7 +277,8 @@ class WorkerClient:
             op: the worker operation (``ping``, ``diagnostics``, ``count_tokens``, ``index``,
                 ``localize``).
             params: the operation's parameters (JSON-serialisable).
-            on_progress: called with ``(fraction, message)`` for each progress event.
+            on_progress: called with ``(fraction, message, stage)`` while the worker starts
+                and for each progress event.
             is_canceled: polled about ten times a second; when it returns True the job is
                 cancelled, and the worker is killed if it has not stopped within a second.
             timeout: seconds before the request is abandoned (the worker is killed).
@@ -232,7 +293,7 @@ class WorkerClient:
             WorkerError: if the worker reported an error.
 
         """
-        self.start()
+        self.start(on_progress)
         request_id = str(next(self._ids))
         replies: "queue.Queue[dict]" = queue.Queue()
         self._pending[request_id] = replies
@@ -267,8 +328,11 @@ class WorkerClient:
                 # streams progress without pause must not delay a cancel.
                 if kind == "progress":
                     if on_progress is not None:
+                        fraction = event.get("fraction")
                         on_progress(
-                            float(event.get("fraction", 0.0)), str(event.get("message", ""))
+                            None if fraction is None else float(fraction),
+                            str(event.get("message", "")),
+                            stage_of(event),
                         )
                 elif kind == "pong":
                     ping_id = None

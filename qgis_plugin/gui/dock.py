@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import datetime
 import os
-import re
 import threading
+import time
 from typing import Any, Dict, List, Optional
 
 from qgis.core import (
@@ -26,9 +25,9 @@ from qgis.PyQt.QtWidgets import (
     QFormLayout,
     QHBoxLayout,
     QLabel,
-    QLineEdit,
     QListWidget,
     QListWidgetItem,
+    QMessageBox,
     QPlainTextEdit,
     QProgressBar,
     QPushButton,
@@ -37,21 +36,31 @@ from qgis.PyQt.QtWidgets import (
     QWidget,
 )
 
-from .. import settings
+from .. import history, settings
 from ..backend import manager
 from ..backend.client import BackendUnavailable, WorkerCancelled, WorkerCrashed
-from ..layers import add_result_group, group_name
-from ..sources import UnsupportedLayer, parse_scales, request_params
+from ..backend.protocol import result_path
+from ..layers import add_result_group, find_group, group_name, remove_results, short
+from ..sources import UnsupportedLayer, run_request
 from ..tasks import WorkerTask
 from ..tools import MessageBarLogger, plugin_name, tr
+from .window_sizes_widget import WindowSizesWidget
 
 #: Delay after the last keystroke before the token count is refreshed.
 TOKEN_COUNT_DELAY_MS = 300
 EXTENT_LAYER, EXTENT_CANVAS = 0, 1
-
-
-def _slug(text: str, limit: int = 40) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit] or "query"
+#: What the status line says at each stage of a job.
+STAGE_TEXT = {
+    "starting": "Starting backend\u2026",
+    "loading-model": "Loading model\u2026",
+    "downloading": "Downloading weights {percent} %",
+    "encoding": "Encoding windows\u2026 {message}",
+    "scoring": "Scoring\u2026",
+    "writing": "Writing results\u2026",
+}
+#: Stages without a meaningful fraction: the bar runs as "busy" instead of sitting at 0 %.
+BUSY_STAGES = ("starting", "loading-model")
+ERROR_STYLE = "color: #c0392b;"
 
 
 class DgtrsGeoDock(QDockWidget):
@@ -64,6 +73,8 @@ class DgtrsGeoDock(QDockWidget):
 
     #: ``(count, context_length, text)`` from a background token count.
     tokensCounted = pyqtSignal(int, int, str)  # noqa: N815
+    #: ``(event, info)`` from the backend manager, on any thread.
+    backendChanged = pyqtSignal(str, dict)  # noqa: N815
 
     def __init__(self, iface, parent: Optional[QWidget] = None) -> None:  # noqa: ANN001
         super().__init__(tr("DGTRS-Geo: find in imagery"), parent)
@@ -73,6 +84,7 @@ class DgtrsGeoDock(QDockWidget):
         self.task: Optional[WorkerTask] = None
         self.history: List[Dict[str, Any]] = []
         self._tasks: List[WorkerTask] = []
+        self._error_shown = False
         # Set on plugin unload: tasks still finishing must not touch the deleted widgets.
         self._closed = False
         self._build()
@@ -82,13 +94,23 @@ class DgtrsGeoDock(QDockWidget):
         self._token_timer.timeout.connect(self.refresh_token_count)
         self.query.textChanged.connect(self._token_timer.start)
         self.tokensCounted.connect(self._show_token_count)
+        self.backendChanged.connect(self._backend_changed)
         self.run_button.clicked.connect(self.run)
         self.cancel_button.clicked.connect(self.cancel)
+        self.clear_button.clicked.connect(self._ask_clear_results)
         self.history_list.itemClicked.connect(self.show_history_item)
         self.browse_button.clicked.connect(self._browse_checkpoint)
         self.settings_button.clicked.connect(self._open_settings)
-        self.visibilityChanged.connect(self._warm_up)
+        self.layer_combo.layerChanged.connect(self.window_sizes.set_layer)
+        self.window_sizes.set_layer(self.layer_combo.currentLayer())
+        project = QgsProject.instance()
+        project.readProject.connect(self._project_read)
+        project.cleared.connect(self._project_read)
+        # Kept: the manager removes listeners by identity, and each ``.emit`` is a new object.
+        self._listener = self.backendChanged.emit
+        manager.add_listener(self._listener)
         self._set_running(False)
+        self._project_read()
 
     # --- widgets --------------------------------------------------------------------------------
 
@@ -126,26 +148,21 @@ class DgtrsGeoDock(QDockWidget):
         self.extent_combo = QComboBox(body)
         self.extent_combo.addItems([tr("Whole layer"), tr("Current map view")])
         form.addRow(tr("Search in"), self.extent_combo)
-        self.scales = QLineEdit(body)
-        self.scales.setPlaceholderText("256, 512, 768")
-        self.scales.setToolTip(
-            tr("Window sizes in pixels: about the size of what you look for, and larger")
-        )
-        form.addRow(tr("Window sizes (px)"), self.scales)
+        self.window_sizes = WindowSizesWidget(body)
+        form.addRow(tr("Window sizes"), self.window_sizes)
         self.threshold = QDoubleSpinBox(body)
         self.threshold.setRange(0.0, 1.0)
         self.threshold.setSingleStep(0.05)
         self.threshold.setValue(0.5)
-        self.threshold.setToolTip(tr("Polygons enclose scores above this share of the score range"))
+        self.threshold.setToolTip(tr("Polygons enclose cells whose relative match is above this"))
         form.addRow(tr("Polygon threshold"), self.threshold)
         layout.addLayout(form)
         buttons = QHBoxLayout()
         self.run_button = QPushButton(tr("Find"), body)
         self.cancel_button = QPushButton(tr("Cancel"), body)
         self.settings_button = QPushButton(tr("Backend\u2026"), body)
-        buttons.addWidget(self.run_button)
-        buttons.addWidget(self.cancel_button)
-        buttons.addWidget(self.settings_button)
+        for button in (self.run_button, self.cancel_button, self.settings_button):
+            buttons.addWidget(button)
         layout.addLayout(buttons)
         self.progress = QProgressBar(body)
         self.progress.setRange(0, 100)
@@ -153,7 +170,12 @@ class DgtrsGeoDock(QDockWidget):
         self.status = QLabel("", body)
         self.status.setWordWrap(True)
         layout.addWidget(self.status)
-        layout.addWidget(QLabel(tr("History (click to show again)"), body))
+        history_row = QHBoxLayout()
+        history_row.addWidget(QLabel(tr("History (click to show again)"), body), 1)
+        self.clear_button = QPushButton(tr("Clear results\u2026"), body)
+        self.clear_button.setToolTip(tr("Remove the result layers, and their files if you wish"))
+        history_row.addWidget(self.clear_button)
+        layout.addLayout(history_row)
         self.history_list = QListWidget(body)
         layout.addWidget(self.history_list, 1)
         self.setWidget(body)
@@ -161,6 +183,12 @@ class DgtrsGeoDock(QDockWidget):
     def _set_running(self, running: bool) -> None:
         self.run_button.setEnabled(not running)
         self.cancel_button.setEnabled(running)
+
+    def set_status(self, text: str, error: bool = False) -> None:
+        """Show ``text`` on the status line (red for an error, which the next success replaces)."""
+        self._error_shown = error
+        self.status.setStyleSheet(ERROR_STYLE if error else "")
+        self.status.setText(text)
 
     def _browse_checkpoint(self) -> None:
         path, _ = QFileDialog.getOpenFileName(
@@ -176,6 +204,17 @@ class DgtrsGeoDock(QDockWidget):
         from .settings_dialog import BackendSettingsDialog
 
         BackendSettingsDialog(self).exec()
+
+    # --- backend state --------------------------------------------------------------------------
+
+    def _backend_changed(self, event: str, info: Dict[str, Any]) -> None:
+        """Replace a stale error once the backend works again (or was replaced)."""
+        if self._closed or not self._error_shown:
+            return
+        if event == "ready":
+            self.set_status(tr("Backend ready (dgtrs-geo {})", info.get("version", "?")))
+        elif event in ("set-up", "stopped"):
+            self.set_status(tr("Backend changed: it starts with the next query."))
 
     # --- token count ----------------------------------------------------------------------------
 
@@ -204,7 +243,7 @@ class DgtrsGeoDock(QDockWidget):
         label = tr("{} / {} tokens", count, context_length)
         if count > context_length:
             label += tr(" (cut to {})", context_length)
-            self.token_label.setStyleSheet("color: #c0392b;")
+            self.token_label.setStyleSheet(ERROR_STYLE)
         else:
             self.token_label.setStyleSheet("")
         self.token_label.setText(label)
@@ -212,14 +251,8 @@ class DgtrsGeoDock(QDockWidget):
     # --- runs -----------------------------------------------------------------------------------
 
     def start_backend(self) -> WorkerTask:
-        """Start (or restart) the worker in a task, so the first query does not pay for it."""
+        """Start (or restart) the worker in a task (after a crash, or from a test)."""
         return self._submit(tr("Starting the DGTRS-Geo backend"), "ping", {}, self._backend_started)
-
-    def _warm_up(self, visible: bool) -> None:
-        """Start the worker when the dock is first shown: the first query need not wait for it."""
-        client = manager.current_client()
-        if visible and (client is None or not client.alive) and not self._tasks:
-            self.start_backend()
 
     def _backend_started(
         self, result: Optional[Dict[str, Any]], error: Optional[Exception]
@@ -227,7 +260,13 @@ class DgtrsGeoDock(QDockWidget):
         if error is not None:
             self._report(error)
             return
-        self.status.setText(tr("Backend ready (pid {})", result.get("pid")))
+        self.set_status(
+            tr(
+                "Backend ready (dgtrs-geo {}, pid {})",
+                result.get("version", "?"),
+                result.get("pid"),
+            )
+        )
         self.refresh_token_count()
 
     def _search_extent(self, layer: QgsRasterLayer) -> Optional[QgsRectangle]:
@@ -244,7 +283,7 @@ class DgtrsGeoDock(QDockWidget):
         layer = self.layer_combo.currentLayer()
         query = " ".join(self.query.toPlainText().split())
         if not query:
-            self.status.setText(tr("Type a query first: a sentence describing what to find."))
+            self.set_status(tr("Type a query first: a sentence describing what to find."), True)
             return None
         model = self.model_combo.currentText().strip()
         settings.set_model(model)
@@ -252,35 +291,49 @@ class DgtrsGeoDock(QDockWidget):
         try:
             if not isinstance(layer, QgsRasterLayer):
                 raise UnsupportedLayer(tr("Choose a raster layer."))
-            params = request_params(
+            scales, unit = self.window_sizes.sizes()
+            request = run_request(
                 layer,
                 model=model,
                 device=self.device_combo.currentText(),
-                scales=parse_scales(self.scales.text()),
+                scales=scales,
+                scale_unit=unit,
                 extent=self._search_extent(layer),
+                index_dir=settings.index_dir(),
             )
         except ValueError as error:
-            self.status.setText(str(error))
+            self.set_status(str(error), True)
             self.bar.warning(tr("Cannot search this layer"), str(error))
             return None
-        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-        params.update(
-            queries=[query],
+        record = history.new_record(
+            query,
+            layer=layer.name(),
+            raster=request.raster,
+            model=model,
+            scales=request.options["scales"],
+            scale_unit=request.options["scale_unit"],
             threshold=self.threshold.value(),
-            output_dir=os.path.join(settings.results_dir(), "{}-{}".format(stamp, _slug(query))),
         )
+        record["out_dir"] = os.path.join(settings.results_dir(), record["id"])
+        request.queries = [query]
+        request.options.update(
+            threshold=self.threshold.value(),
+            out_dir=record["out_dir"],
+            outputs=["heatmap", "polygons"],
+        )
+        self.progress.setRange(0, 100)
         self.progress.setValue(0)
-        self.status.setText(tr("Searching for '{}'\u2026", query))
+        self.set_status(tr("Searching for '{}'\u2026", short(query, 60)))
         self._set_running(True)
-        entry = {"query": query, "layer": layer.name(), "crs": layer.crs().authid()}
+        clicked = time.monotonic()
         return self._submit(
-            tr("Localize '{}'", group_name(query, 40)),
+            tr("Localize '{}'", short(query, 40)),
             "localize",
-            params,
-            lambda result, error: self._localized(entry, result, error),
+            request,
+            lambda result, error: self._localized(record, clicked, result, error),
         )
 
-    def _submit(self, description: str, op: str, params: Dict[str, Any], on_done) -> WorkerTask:  # noqa: ANN001
+    def _submit(self, description: str, op: str, params, on_done) -> WorkerTask:  # noqa: ANN001
         def done(result, error) -> None:  # noqa: ANN001
             self._tasks.remove(task)
             if not self._closed:
@@ -289,62 +342,90 @@ class DgtrsGeoDock(QDockWidget):
         task = WorkerTask(description, op, params, done)
         # Python task objects must stay referenced until they finish, or they never run.
         self._tasks.append(task)
-        task.progressChanged.connect(lambda value: self.progress.setValue(int(value)))
-        task.message.connect(self.status.setText)
+        task.progressed.connect(self._show_progress)
         if op == "localize":
             self.task = task
         QgsApplication.taskManager().addTask(task)
         return task
 
+    def _show_progress(self, fraction: Optional[float], message: str, stage: str) -> None:
+        """Show the job's stage; the bar runs busy while no fraction means anything."""
+        if self._closed:
+            return
+        if stage in BUSY_STAGES:
+            self.progress.setRange(0, 0)
+        else:
+            self.progress.setRange(0, 100)
+            if fraction is not None:
+                self.progress.setValue(int(100 * max(0.0, min(1.0, fraction))))
+        text = STAGE_TEXT.get(stage, "{message}")
+        if stage == "starting" and message:
+            # The worker's own "job started" (the backend is running already).
+            text = "{message}"
+        percent = int(round(100 * fraction)) if fraction is not None else 0
+        shown = text.format(percent=percent, message=message).strip()
+        self.set_status(shown or tr("Working\u2026"))
+
     def cancel(self) -> None:
         """Cancel the running search (the worker stops within a second, or is restarted)."""
         if self.task is not None:
-            self.status.setText(tr("Cancelling\u2026"))
+            self.set_status(tr("Cancelling\u2026"))
             self.task.cancel()
 
     def _localized(
-        self, entry: Dict[str, Any], result: Optional[Dict[str, Any]], error: Optional[Exception]
+        self,
+        record: Dict[str, Any],
+        clicked: float,
+        result: Optional[Dict[str, Any]],
+        error: Optional[Exception],
     ) -> None:
-        self.task = None
+        task, self.task = self.task, None
         self._set_running(False)
+        self.progress.setRange(0, 100)
         if error is not None:
             self.progress.setValue(0)
             self._report(error)
             return
-        self.progress.setValue(100)
         found = result["results"][0]
-        entry.update(
-            heatmap=found["heatmap"], polygons=found.get("polygons"), score_max=found["score_max"]
+        record.update(
+            heatmap=result_path(found, "heatmap"),
+            polygons=result_path(found, "polygons"),
+            score_max=found.get("score_max"),
+            score_min=found.get("score_min"),
+            normalise=found.get("normalise", "minmax"),
         )
         try:
-            add_result_group(entry["query"], entry["heatmap"], entry["polygons"])
+            add_result_group(record)
         except ValueError as load_error:
             self._report(load_error)
             return
-        self.history.insert(0, entry)
-        item = QListWidgetItem(
-            "{}  ({:.3f}, {:.1f} s)".format(
-                entry["query"], found["score_max"], result.get("seconds", 0.0)
-            )
-        )
-        item.setData(Qt.ItemDataRole.UserRole, entry)
-        item.setToolTip("{}\n{}".format(entry["layer"], entry["heatmap"]))
-        self.history_list.insertItem(0, item)
+        # The time the user waited: the backend's start and the layers' loading included.
+        record["seconds"] = round(time.monotonic() - clicked, 3)
+        record["start_seconds"] = round(task.start_seconds if task else 0.0, 3)
+        self.progress.setValue(100)
+        self.history.insert(0, record)
+        history.save(self.history)
+        self.history_list.insertItem(0, self._history_item(record))
         self.refresh_token_count()
-        self.status.setText(
-            tr(
-                "Done in {:.1f} s: best score {:.3f}",
-                result.get("seconds", 0.0),
-                found["score_max"],
-            )
-        )
+        self.set_status(self._done_text(record))
+        if task is not None and task.version_note:
+            self.bar.warning(tr("DGTRS-Geo backend version"), task.version_note)
+
+    @staticmethod
+    def _done_text(record: Dict[str, Any]) -> str:
+        text = tr("Done in {:.1f} s", record["seconds"])
+        if record.get("start_seconds"):
+            text += tr(" (backend start {:.1f} s)", record["start_seconds"])
+        if record.get("score_max") is not None:
+            text += tr(": best window cosine {:.3f}", record["score_max"])
+        return text
 
     def _report(self, error: Exception) -> None:
         """Tell the user what went wrong, and restart a crashed worker."""
         if isinstance(error, WorkerCancelled):
-            self.status.setText(tr("Cancelled."))
+            self.set_status(tr("Cancelled."))
             return
-        self.status.setText(str(error))
+        self.set_status(str(error), True)
         if isinstance(error, WorkerCrashed):
             self.bar.warning(tr("The DGTRS-Geo backend stopped and is being restarted"), str(error))
             self.start_backend()
@@ -353,23 +434,50 @@ class DgtrsGeoDock(QDockWidget):
         else:
             self.bar.error(tr("DGTRS-Geo search failed"), str(error))
 
-    # --- history --------------------------------------------------------------------------------
+    # --- history and results --------------------------------------------------------------------
+
+    def _history_item(self, record: Dict[str, Any]) -> QListWidgetItem:
+        item = QListWidgetItem(
+            "{}  ({:.1f} s)".format(group_name(record), float(record.get("seconds") or 0.0))
+        )
+        item.setData(Qt.ItemDataRole.UserRole, record["id"])
+        item.setToolTip(
+            "{}\n{}\n{}".format(record.get("layer", ""), record.get("heatmap", ""), record["time"])
+        )
+        return item
+
+    def _project_read(self, *_args) -> None:  # noqa: ANN002
+        """Show the history stored in the project just read (or none after a new project)."""
+        if self._closed:
+            return
+        self.history = history.load()
+        self.history_list.clear()
+        for record in self.history:
+            self.history_list.addItem(self._history_item(record))
+
+    def record(self, run_id: str) -> Optional[Dict[str, Any]]:
+        """Return the history record of run ``run_id``."""
+        return next((r for r in self.history if r["id"] == run_id), None)
 
     def show_history_item(self, item: QListWidgetItem) -> None:
-        """Show a past query's layers again (re-adding them if they were removed)."""
-        entry = item.data(Qt.ItemDataRole.UserRole)
-        root = QgsProject.instance().layerTreeRoot()
-        group = root.findGroup(group_name(entry["query"]))
+        """Show that run's group (re-adding its layers from their files if they were removed)."""
+        record = self.record(item.data(Qt.ItemDataRole.UserRole))
+        if record is None:
+            return
+        group = find_group(record["id"])
         if group is None or not group.findLayers():
-            if not os.path.isfile(entry["heatmap"]):
-                self.status.setText(
-                    tr("The result files of this query are gone: {}", entry["heatmap"])
+            if group is not None:
+                group.parent().removeChildNode(group)
+            if not record.get("heatmap") or not os.path.isfile(record["heatmap"]):
+                self.set_status(
+                    tr("The result files of this query are gone: {}", record.get("heatmap")), True
                 )
                 return
-            group = add_result_group(entry["query"], entry["heatmap"], entry.get("polygons"))
+            group = add_result_group(record)
         group.setItemVisibilityCheckedRecursive(True)
         layers = [node.layer() for node in group.findLayers() if node.layer() is not None]
         if layers:
+            self.iface.setActiveLayer(layers[-1])
             canvas = self.iface.mapCanvas()
             transform = QgsCoordinateTransform(
                 layers[-1].crs(), canvas.mapSettings().destinationCrs(), QgsProject.instance()
@@ -377,9 +485,51 @@ class DgtrsGeoDock(QDockWidget):
             canvas.setExtent(transform.transformBoundingBox(layers[-1].extent()))
             canvas.refresh()
 
+    def _ask_clear_results(self) -> None:
+        box = QMessageBox(self)
+        box.setWindowTitle(tr("Clear results"))
+        box.setText(tr("Remove all DGTRS-Geo result layers from the project?"))
+        remove = box.addButton(tr("Remove layers"), QMessageBox.ButtonRole.AcceptRole)
+        delete = box.addButton(
+            tr("Remove layers and delete files"), QMessageBox.ButtonRole.DestructiveRole
+        )
+        box.addButton(QMessageBox.StandardButton.Cancel)
+        box.exec()
+        if box.clickedButton() in (remove, delete):
+            self.clear_results(delete_files=box.clickedButton() is delete)
+
+    def clear_results(self, delete_files: bool = False) -> int:
+        """Remove every result layer; with ``delete_files`` also the dock's result files.
+
+        Deleted runs leave the history (their files are gone); kept ones stay in it.
+
+        Returns:
+            The number of layers removed.
+
+        """
+        removed = remove_results()
+        if delete_files:
+            for record in self.history:
+                history.delete_files(record, settings.results_dir())
+            self.history = []
+            self.history_list.clear()
+            history.save(self.history)
+        self.set_status(
+            tr(
+                "Removed {} result layers{}.",
+                len(removed),
+                tr(" and their files") if delete_files else "",
+            )
+        )
+        return len(removed)
+
     def close_down(self) -> None:
         """Cancel running tasks and stop reacting to them (plugin unload)."""
         self._closed = True
         self._token_timer.stop()
+        manager.remove_listener(self._listener)
+        project = QgsProject.instance()
+        project.readProject.disconnect(self._project_read)
+        project.cleared.disconnect(self._project_read)
         for task in list(self._tasks):
             task.cancel()

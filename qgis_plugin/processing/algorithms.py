@@ -36,11 +36,15 @@ from qgis.core import (
 )
 from qgis.PyQt.QtCore import QVariant
 
-from .. import settings
+from .. import history, settings
+from ..backend import manager
 from ..backend.client import WorkerError
-from ..backend.manager import get_client
-from ..sources import UnsupportedLayer, parse_scales, request_params
+from ..backend.protocol import Run, result_path, worker_params
+from ..sources import UnsupportedLayer, parse_scales, run_request
 from ..tools import tr
+from .postprocess import style_on_load
+
+UNITS = ["px", "m"]
 
 
 class _EngineAlgorithm(QgsProcessingAlgorithm):
@@ -51,6 +55,7 @@ class _EngineAlgorithm(QgsProcessingAlgorithm):
     DEVICE = "DEVICE"
     BANDS = "BANDS"
     SCALES = "SCALES"
+    SCALE_UNIT = "SCALE_UNIT"
     EXTENT = "EXTENT"
     INDEX_DIR = "INDEX_DIR"
 
@@ -86,7 +91,16 @@ class _EngineAlgorithm(QgsProcessingAlgorithm):
         )
         self.addParameter(
             QgsProcessingParameterString(
-                self.SCALES, tr("Window sizes in pixels (default: the engine's)"), "", optional=True
+                self.SCALES,
+                tr("Window sizes (default: fit to the layer, a sixth of its shorter side and "
+                   "twice and three times that)"),
+                "",
+                optional=True,
+            )
+        )  # fmt: skip
+        self.addParameter(
+            QgsProcessingParameterEnum(
+                self.SCALE_UNIT, tr("Window size unit"), UNITS, defaultValue=0, optional=True
             )
         )
         self.addParameter(
@@ -97,15 +111,13 @@ class _EngineAlgorithm(QgsProcessingAlgorithm):
         self.addParameter(
             QgsProcessingParameterFile(
                 self.INDEX_DIR,
-                tr("Index folder (default: next to the raster, or the cache)"),
+                tr("Index folder (default: the plugin's, see Backend settings)"),
                 behavior=QgsProcessingParameterFile.Behavior.Folder,
                 optional=True,
             )
         )
 
-    def _common_request(
-        self, parameters: Dict[str, Any], context: QgsProcessingContext
-    ) -> Dict[str, Any]:
+    def _common_request(self, parameters: Dict[str, Any], context: QgsProcessingContext) -> Run:
         layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
         if layer is None:
             raise QgsProcessingException(tr("Choose a raster layer"))
@@ -116,30 +128,40 @@ class _EngineAlgorithm(QgsProcessingAlgorithm):
         if parameters.get(self.EXTENT):
             extent = self.parameterAsExtent(parameters, self.EXTENT, context, layer.crs())
         try:
-            return request_params(
+            return run_request(
                 layer,
                 model=self.parameterAsString(parameters, self.MODEL, context).strip()
                 or settings.model(),
                 device=settings.DEVICES[self.parameterAsEnum(parameters, self.DEVICE, context)],
                 bands=bands,
                 scales=parse_scales(self.parameterAsString(parameters, self.SCALES, context)),
+                scale_unit=UNITS[self.parameterAsEnum(parameters, self.SCALE_UNIT, context)],
                 extent=extent,
-                index_dir=self.parameterAsString(parameters, self.INDEX_DIR, context),
+                index_dir=self.parameterAsString(parameters, self.INDEX_DIR, context)
+                or settings.index_dir(),
             )
         except (UnsupportedLayer, ValueError) as error:
             raise QgsProcessingException(str(error)) from error
 
-    def _run(
-        self, op: str, params: Dict[str, Any], feedback: QgsProcessingFeedback
-    ) -> Dict[str, Any]:
-        def progress(fraction: float, message: str) -> None:
-            feedback.setProgress(100.0 * fraction)
-            if message:
+    def _run(self, op: str, run: Run, feedback: QgsProcessingFeedback) -> Dict[str, Any]:
+        def progress(fraction: Optional[float], message: str, stage: str) -> None:
+            if fraction is not None:
+                feedback.setProgress(100.0 * fraction)
+            if stage == "starting":
+                feedback.pushInfo(tr("Starting the backend…"))
+            elif message:
                 feedback.pushInfo(message)
 
         try:
-            return get_client().request(
-                op, params, on_progress=progress, is_canceled=feedback.isCanceled
+            client = manager.get_client()
+            info = client.start(progress)
+            if client.version_note:
+                feedback.pushWarning(client.version_note)
+            return client.request(
+                op,
+                worker_params(op, run, info),
+                on_progress=progress,
+                is_canceled=feedback.isCanceled,
             )
         except WorkerError as error:
             raise QgsProcessingException(str(error)) from error
@@ -241,26 +263,36 @@ class LocalizeAlgorithm(_EngineAlgorithm):
         query = self.parameterAsString(parameters, self.QUERY, context).strip()
         if not query:
             raise QgsProcessingException(tr("Type a query: a sentence describing what to find"))
-        params = self._common_request(parameters, context)
+        run = self._common_request(parameters, context)
         layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
         heatmap_out = self.parameterAsOutputLayer(parameters, self.OUTPUT_HEATMAP, context)
+        threshold = self.parameterAsDouble(parameters, self.THRESHOLD, context)
         work_dir = tempfile.mkdtemp(prefix="dgtrs_geo_")
-        params.update(
-            queries=[query],
-            threshold=self.parameterAsDouble(parameters, self.THRESHOLD, context),
-            output_dir=work_dir,
-        )
+        run.queries = [query]
+        run.options.update(threshold=threshold, out_dir=work_dir, outputs=["heatmap", "polygons"])
         try:
-            result = self._run("localize", params, feedback)["results"][0]
+            result = self._run("localize", run, feedback)["results"][0]
             feedback.pushInfo(
-                tr("Best score {:.4f} at {}", result["score_max"], result.get("best"))
+                tr("Best window cosine {:.4f} at {}", result["score_max"], result.get("best"))
             )
-            _copy_raster(result["heatmap"], heatmap_out)
+            _copy_raster(result_path(result, "heatmap"), heatmap_out)
             sink, sink_id = self._polygons_sink(
-                parameters, context, layer.crs(), result.get("polygons")
+                parameters, context, layer.crs(), result_path(result, "polygons")
             )
         finally:
             shutil.rmtree(work_dir, ignore_errors=True)
+        record = history.new_record(
+            query,
+            scales=run.options["scales"],
+            scale_unit=run.options["scale_unit"],
+            model=run.model,
+            threshold=threshold,
+            score_max=result.get("score_max"),
+            score_min=result.get("score_min"),
+            normalise=result.get("normalise", "minmax"),
+        )
+        style_on_load(context, heatmap_out, "heatmap", record)
+        style_on_load(context, sink_id, "polygons", record)
         return {self.OUTPUT_HEATMAP: heatmap_out, self.OUTPUT_POLYGONS: sink_id}
 
     def _polygons_sink(self, parameters, context, crs, path: Optional[str]):  # noqa: ANN202

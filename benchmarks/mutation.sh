@@ -1,0 +1,157 @@
+#!/usr/bin/env bash
+# Mutation testing, module by module (slow: not in CI). For each module named (default: all three),
+# copy the repository to a scratch folder, narrow pyproject's [tool.mutmut] to that module and its
+# test files, run mutmut there (never in the repository: mutmut writes a mutants/ folder) and write
+# the score and the surviving mutants, with their diffs, to benchmarks/results/.
+#
+# Usage: bash benchmarks/mutation.sh [evaluation] [localization] [models]
+# Environment:
+#   MUTATION_SOURCE   tree to mutate (default: this repository), e.g. an export of an older commit
+#                     (`git archive HEAD | tar -x -C /tmp/before`); the configuration always comes
+#                     from this repository's pyproject.toml, so both runs measure the same way
+#   MUTATION_LABEL    name of the result files: benchmarks/results/mutation-<label>.{json,md}
+#                     (default: the date)
+#   MUTATION_WORKDIR  scratch folder (default: a new one under /tmp, removed at the end)
+#   MUTATION_JOBS     mutants tested at once (default 1: the machine is shared)
+#   MUTATION_KEEP=1   keep the scratch folder (to `mutmut show NAME` or `mutmut browse` there)
+# Score = (killed + timeout) / (mutants - skipped); "no tests" mutants count as not killed.
+set -euo pipefail
+repo="$(cd "$(dirname "$0")/.." && pwd)"
+python="${PYTHON:-$repo/.venv/bin/python}"
+mutmut="$(dirname "$python")/mutmut"
+source_tree="$(cd "${MUTATION_SOURCE:-$repo}" && pwd)"
+label="${MUTATION_LABEL:-$(date +%Y%m%d-%H%M)}"
+jobs="${MUTATION_JOBS:-1}"
+modules=("$@")
+[ ${#modules[@]} -eq 0 ] && modules=(evaluation localization models)
+
+# Each module's tests: the files that exercise it directly (globs, expanded in the copy). Tests
+# that only reach a module through a subprocess (worker, QGIS) cannot kill its mutants in-process.
+declare -A tests=(
+    [evaluation]="tests/test_zeroshot.py tests/test_retrieval.py tests/test_evaluation_*.py
+                  tests/test_selo*.py tests/test_oracle_evaluation*.py"
+    [localization]="tests/test_localization_*.py tests/test_oracle_localization*.py
+                    tests/test_oracle_polygons*.py tests/test_oracle_cli*.py"
+    [models]="tests/test_kps.py tests/test_checkpoints.py tests/test_cli_models.py
+              tests/test_oracle_models*.py"
+)
+# The evaluate-all fixture of test_evaluation_cli.py takes ~25 s of CPU per mutant it reaches;
+# the oracle tests cover the same paths with fakes in milliseconds.
+declare -A deselect=(
+    [evaluation]="not (evaluate_all or zeroshot_uses_the_whole_dataset or selo_csv_matches_means
+                  or retrieval_matches_a_direct_computation or cached_embeddings_are_reused)"
+)
+
+workdir="${MUTATION_WORKDIR:-$(mktemp -d /tmp/dgtrs-mutation.XXXXXX)}"
+cleanup() { [ "${MUTATION_KEEP:-0}" = 1 ] || rm -rf "$workdir"; }
+trap cleanup EXIT
+results="$repo/benchmarks/results"
+mkdir -p "$results"
+export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 QT_QPA_PLATFORM=offscreen
+
+for module in "${modules[@]}"; do
+    [ -n "${tests[$module]:-}" ] || { echo "unknown module $module" >&2; exit 2; }
+    copy="$workdir/$module"
+    rm -rf "$copy" && mkdir -p "$copy"
+    # The tree as git sees it (tracked and untracked, not ignored), or all of an exported tree.
+    if git -C "$source_tree" rev-parse --show-toplevel >/dev/null 2>&1; then
+        git -C "$source_tree" ls-files -co --exclude-standard -z \
+            | (cd "$source_tree" && xargs -0 cp --parents -t "$copy" 2>/dev/null || true)
+    else
+        (cd "$source_tree" && tar -c --exclude=.venv --exclude=mutants .) | tar -x -C "$copy"
+    fi
+    selected=$(cd "$copy" && for f in ${tests[$module]}; do if [ -f "$f" ]; then echo "$f"; fi; done)
+    "$python" - "$repo/pyproject.toml" "$copy/pyproject.toml" "$module" "${deselect[$module]:-}" \
+        $selected <<'PY'
+"""Write the copy's [tool.mutmut]: this repository's settings, narrowed to one module."""
+import json
+import re
+import sys
+import tomllib
+
+config_from, target, module, deselect, *tests = sys.argv[1:]
+settings = tomllib.load(open(config_from, "rb"))["tool"]["mutmut"]
+settings["only_mutate"] = [f"dgtrs_geo/{module}/*"]
+settings["pytest_add_cli_args_test_selection"] = tests
+if deselect:
+    deselect = " ".join(deselect.split())
+    settings["pytest_add_cli_args"] = settings.get("pytest_add_cli_args", []) + ["-k", deselect]
+section = "[tool.mutmut]\n" + "".join(
+    f"{key} = {json.dumps(value)}\n" for key, value in settings.items()
+)
+text = open(target).read()
+# Drop any [tool.mutmut] the tree has (up to the next table) and append ours.
+text = re.sub(r"(?ms)^\[tool\.mutmut\]\n.*?(?=^\[|\Z)", "", text)
+open(target, "w").write(text.rstrip("\n") + "\n\n" + section)
+PY
+    echo "== mutmut on dgtrs_geo/$module ($(echo $selected | wc -w) test files) in $copy" >&2
+    start=$(date +%s)
+    (cd "$copy" && nice -n 15 "$mutmut" run --max-children "$jobs" >"$copy/mutmut.log" 2>&1) || {
+        tail -n 30 "$copy/mutmut.log" >&2
+        echo "mutmut failed on $module (log: $copy/mutmut.log)" >&2
+        MUTATION_KEEP=1
+        exit 1
+    }
+    echo "$(($(date +%s) - start))" >"$copy/seconds"
+done
+
+# Summarise every module run into one JSON and one Markdown file.
+"$python" - "$workdir" "$results/mutation-$label" "$source_tree" "${modules[@]}" <<'PY'
+"""Scores and survivors per module (and per file) from mutmut's .meta files."""
+import json
+import os
+import sys
+from pathlib import Path
+
+workdir, out, source, *modules = sys.argv[1:]
+report = {"source": source, "modules": {}}
+lines = [f"# Mutation testing ({Path(out).name})", "", f"Source tree: `{source}`", ""]
+lines += ["| module | mutants | killed | timeout | survived | no tests | score |", "|---|---|---|---|---|---|---|"]
+details = []
+for module in modules:
+    copy = Path(workdir) / module
+    os.chdir(copy)
+    sys.path.insert(0, str(copy))
+    from mutmut.mutation.diff_apply import get_diff_for_mutant
+    from mutmut.stats import status_by_exit_code
+
+    files, survivors, totals = {}, [], {}
+    for meta in sorted((copy / "mutants" / "dgtrs_geo" / module).rglob("*.py.meta")):
+        path = str(meta.relative_to(copy / "mutants"))[: -len(".meta")]
+        codes = json.loads(meta.read_text())["exit_code_by_key"]
+        counts = {}
+        for name, code in codes.items():
+            status = status_by_exit_code[code]
+            counts[status] = counts.get(status, 0) + 1
+            totals[status] = totals.get(status, 0) + 1
+            if status in ("survived", "no tests", "suspicious"):
+                survivors.append({"name": name, "file": path, "status": status,
+                                  "diff": get_diff_for_mutant(name, path=path)})
+        files[path] = counts
+
+    def score(counts):
+        tested = sum(counts.values()) - counts.get("skipped", 0)
+        killed = counts.get("killed", 0) + counts.get("timeout", 0)
+        return round(100 * killed / tested, 1) if tested else None
+
+    seconds = (copy / "seconds").read_text().strip() if (copy / "seconds").exists() else None
+    report["modules"][module] = {
+        "score": score(totals), "counts": totals, "seconds": seconds,
+        "files": {p: {"score": score(c), "counts": c} for p, c in files.items()},
+        "survivors": survivors,
+    }
+    t = totals
+    lines.append(
+        f"| {module} | {sum(t.values())} | {t.get('killed', 0)} | {t.get('timeout', 0)} | "
+        f"{t.get('survived', 0)} | {t.get('no tests', 0)} | {score(t)} % |"
+    )
+    details += [f"## {module}", "", "| file | mutants | score |", "|---|---|---|"]
+    details += [f"| {p} | {sum(c.values())} | {score(c)} % |" for p, c in files.items()]
+    details += ["", f"### Surviving mutants of {module} ({len(survivors)})", ""]
+    for s in survivors:
+        details += [f"`{s['name']}` ({s['status']})", "", "```diff", s["diff"].strip(), "```", ""]
+Path(out + ".json").write_text(json.dumps(report, indent=2) + "\n")
+Path(out + ".md").write_text("\n".join(lines + [""] + details) + "\n")
+print(json.dumps({m: {"score": r["score"], **r["counts"]} for m, r in report["modules"].items()}))
+print(f"wrote {out}.json and {out}.md", file=sys.stderr)
+PY
