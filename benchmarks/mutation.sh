@@ -14,6 +14,10 @@
 #   MUTATION_WORKDIR  scratch folder (default: a new one under /tmp, removed at the end)
 #   MUTATION_JOBS     mutants tested at once (default 1: the machine is shared)
 #   MUTATION_KEEP=1   keep the scratch folder (to `mutmut show NAME` or `mutmut browse` there)
+#   MUTATION_RESUME   scratch folder of an earlier run (kept with MUTATION_KEEP=1): keep its
+#                     verdicts, test again only its mutants that were not killed and those of
+#                     functions changed since; new test files are added to the selection (more
+#                     tests cannot un-kill a mutant, so killed verdicts stand). Minutes, not hours.
 # Score = (killed + timeout) / (mutants - skipped); "no tests" mutants count as not killed.
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
@@ -86,12 +90,50 @@ open(target, "w").write(text.rstrip("\n") + "\n\n" + section)
 PY
     echo "== mutmut on dgtrs_geo/$module ($(echo $selected | wc -w) test files) in $copy" >&2
     start=$(date +%s)
-    (cd "$copy" && nice -n 15 "$mutmut" run --max-children "$jobs" >"$copy/mutmut.log" 2>&1) || {
+    run() { (cd "$copy" && nice -n 15 "$mutmut" run --max-children "$jobs" "$@" >>"$copy/mutmut.log" 2>&1); }
+    fail() {
         tail -n 30 "$copy/mutmut.log" >&2
         echo "mutmut failed on $module (log: $copy/mutmut.log)" >&2
         MUTATION_KEEP=1
         exit 1
     }
+    if [ -n "${MUTATION_RESUME:-}" ]; then
+        # The earlier verdicts and stats; mutmut re-creates the mutants of changed functions.
+        mkdir -p "$copy/mutants/dgtrs_geo"
+        cp -p "$MUTATION_RESUME/$module/mutants/mutmut-stats.json" "$copy/mutants/"
+        cp -rp "$MUTATION_RESUME/$module/mutants/dgtrs_geo/$module" "$copy/mutants/dgtrs_geo/"
+        (cd "$copy" && "$python" - <<'PY'
+"""Accept the new test selection (added test files): more tests cannot un-kill a mutant."""
+import json
+from pathlib import Path
+
+from mutmut.configuration import config
+
+stats_path = Path("mutants/mutmut-stats.json")
+stats = json.loads(stats_path.read_text())
+stats["config_fingerprint"] = config().config_fingerprint()
+stats_path.write_text(json.dumps(stats))
+PY
+        )
+    fi
+    # Every mutant without a verdict: all of them on a fresh run, changed functions on a resume.
+    run || fail
+    if [ -n "${MUTATION_RESUME:-}" ]; then
+        mapfile -t again < <(cd "$copy" && "$python" - <<'PY'
+"""The mutants the earlier run left alive, to test again with the new tests."""
+import json
+from pathlib import Path
+
+from mutmut.stats import status_by_exit_code
+
+for meta in Path("mutants").rglob("*.py.meta"):
+    for name, code in json.loads(meta.read_text())["exit_code_by_key"].items():
+        if status_by_exit_code[code] not in ("killed", "timeout"):
+            print(name)
+PY
+        )
+        if [ ${#again[@]} -gt 0 ]; then run "${again[@]}" || fail; fi
+    fi
     echo "$(($(date +%s) - start))" >"$copy/seconds"
 done
 

@@ -100,7 +100,9 @@ def _training_key(seed: int) -> str:
     return digest.hexdigest()[:16]
 
 
-def train_or_reuse(seed: int, retrain: bool = False) -> tuple[Path, dict[str, Any]]:
+def train_or_reuse(
+    seed: int, retrain: bool = False, threads: int = 1
+) -> tuple[Path, dict[str, Any]]:
     """The trained checkpoints of ``seed`` (trained now, or as cached) and the training record."""
     folder = cache_dir("models") / "selo-quality" / f"tiny-selo-seed{seed}-{_training_key(seed)}"
     if (folder / "meta.json").is_file() and not retrain:
@@ -115,7 +117,10 @@ def train_or_reuse(seed: int, retrain: bool = False) -> tuple[Path, dict[str, An
             "--trainer.enable_progress_bar=false",
         ]  # fmt: skip
         start = time.perf_counter()
-        subprocess.run(command, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+        # Tiny models on a shared CPU: one thread per process ran a training step 7x faster than
+        # two here (0.33 s against 2.5 s under load), as threads wait on each other.
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+        subprocess.run(command, check=True, cwd=ROOT, stdout=subprocess.DEVNULL, env=env)
         seconds = time.perf_counter() - start
         _derived_checkpoints(export / "dgtrs.pt", export, seed)
         meta = {
@@ -123,6 +128,7 @@ def train_or_reuse(seed: int, retrain: bool = False) -> tuple[Path, dict[str, An
             "command": "torchgeo fit --config trainers/tiny-synthetic-selo.yaml "
             f"--seed_everything={seed} --data.init_args.seed={seed}",
             "key": _training_key(seed),
+            "threads": threads,
         }
         (export / "meta.json").write_text(json.dumps(meta, indent=1))
         if folder.exists():
@@ -300,7 +306,7 @@ def plot_maps(kept: list[dict], path: Path, columns: Sequence[str]) -> None:
 
 def run_seed(args: argparse.Namespace, seed: int, out: Path) -> dict[str, Any]:
     root = write_scenes(out / f"seed-{seed}" / "airslt", seed, args.scenes, args.size)
-    folder, training = train_or_reuse(seed, args.retrain)
+    folder, training = train_or_reuse(seed, args.retrain, args.threads)
     models = {
         "trained-248": dgtrs_geo.load_model(folder / "dgtrs.pt"),
         "trained-77": dgtrs_geo.load_model(folder / "dgtrs-77.pt"),
@@ -377,10 +383,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--dense", default="maskclip,clearclip", help="dense methods ('' none)")
     parser.add_argument("--figure", type=int, default=3, help="queries drawn in the figure")
     parser.add_argument("--retrain", action="store_true", help="train even if cached")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (training too)")
     args = parser.parse_args(argv)
     args.modes = [m for m in args.modes.split(",") if m]
     args.dense = [m for m in args.dense.split(",") if m]
     args.scales = REFERENCE_SCALES
+    torch.set_num_threads(args.threads)
     seeds = [int(s) for s in args.seeds.split(",")]
     args.out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()

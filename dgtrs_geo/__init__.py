@@ -1,7 +1,8 @@
 """dgtrs-geo: find things in satellite and aerial imagery by describing them in words.
 
-Public API: :func:`load_model` (any CLIP checkpoint or registered name) and :func:`localize`
-(a raster and sentences in, georeferenced heatmaps and polygons out).
+Public API: :func:`load_model` (any CLIP checkpoint or registered name), :func:`localize` (a
+raster and sentences in, georeferenced heatmaps and polygons out), and for many queries a
+:class:`Localizer` session with its :class:`LocalizationOptions`.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "load_model", "localize"]
+__all__ = ["LocalizationOptions", "Localizer", "__version__", "load_model", "localize"]
 
 
 def __getattr__(name: str) -> Any:
@@ -19,8 +20,8 @@ def __getattr__(name: str) -> Any:
         from .models import load_model
 
         return load_model
-    if name == "localize":
-        from .localization import localize
+    if name in ("localize", "Localizer", "LocalizationOptions"):
+        from . import localization
 
-        return localize
+        return getattr(localization, name)
     raise AttributeError(f"module 'dgtrs_geo' has no attribute {name!r}")

@@ -15,8 +15,10 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 from . import __version__
+from .catalog.cli import add_catalog_command
 
 DEFAULT_MODEL = "dgtrs-clip-vit-b-16"
 
@@ -342,7 +344,11 @@ def _add_option_flags(
             group.add_argument(*names, dest=item.name, action="store_true", help=help_text,
                                default=argparse.SUPPRESS)  # fmt: skip
         else:
-            shown = list(item.default) if isinstance(item.default, tuple) else item.default
+            shown = (
+                " ".join(map(str, item.default))
+                if isinstance(item.default, tuple)
+                else item.default
+            )
             metavar = (
                 "{" + ",".join(meta["choices"]) + "}" if "choices" in meta else meta.get("metavar")
             )
@@ -362,7 +368,7 @@ def _options_from_args(args: argparse.Namespace, command: str, **defaults: objec
     """Return the :class:`LocalizationOptions` the flags of ``command`` give (``defaults`` first)."""
     from .localization.options import LocalizationOptions, option_fields
 
-    given = dict(defaults)
+    given: dict[str, Any] = dict(defaults)
     given.update(
         {f.name: getattr(args, f.name) for f in option_fields(command) if hasattr(args, f.name)}
     )
@@ -611,6 +617,7 @@ def build_parser() -> argparse.ArgumentParser:
         add(sub)
         name = add.__name__.removeprefix("_add_").replace("_", "-")
         sub.choices[name].set_defaults(run=run)
+    add_catalog_command(sub)
     return parser
 
 

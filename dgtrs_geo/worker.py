@@ -65,9 +65,12 @@ import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from . import __version__
+
+if TYPE_CHECKING:
+    from .localization.options import LocalizationOptions
 
 __all__ = ["PROTOCOL", "Worker", "main"]
 
@@ -95,7 +98,7 @@ class _Request:
     raster: str
     model: str
     queries: list[str]
-    options: Any  # LocalizationOptions
+    options: LocalizationOptions
     deprecations: list[str]
 
 
@@ -125,7 +128,9 @@ def parse_job(op: str, params: dict[str, Any]) -> _Request:
         raise BadRequest(f'a "{op}" request needs {", ".join(repr(m) for m in missing)} in params')
     raster, model = str(params.pop("raster")), str(params.pop("model"))
     queries = params.pop("queries", [])
-    queries = [queries] if isinstance(queries, str) else list(queries)
+    if not isinstance(queries, str | list):
+        raise BadRequest('"queries" must be a text or a list of texts')
+    queries = [queries] if isinstance(queries, str) else queries
     options = params.pop("options", None)
     deprecations = []
     if options is None:

@@ -63,7 +63,11 @@ def _starts(length: int, size: int, offset: int) -> List[int]:
 def window_count(width: int, height: int, sizes_px: Sequence[float]) -> int:
     """Return how many windows the engine plans for a ``width`` x ``height`` raster."""
     total = 0
+    # Sizes at least as large as the raster both ways all give the one whole-raster window.
+    shapes = {}
     for size in sorted({max(1, int(s)) for s in sizes_px}):
+        shapes.setdefault((min(size, width), min(size, height)), size)
+    for size in shapes.values():
         cols = [_starts(width, size, 0), _starts(width, size, size // 2)]
         rows = [_starts(height, size, 0), _starts(height, size, size // 2)]
         if size >= width:

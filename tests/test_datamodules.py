@@ -26,14 +26,17 @@ def test_clip_augmentation_values() -> None:
 
 
 def test_clip_augmentation_center_crops_the_short_side() -> None:
-    # left third black, rest white: after resize to 16 high and centre crop of 16,
-    # the crop starts a third of the way in (24 of 48 resized px -> 8 px cut each side)
+    # Black up to column 33 of 90, white after: the short side resized to 16 makes it 48 wide
+    # with the edge at 17.6; the centre crop keeps columns 16..32, so the edge is 1.6 px in.
+    # A squash to 16 x 16 would put it at 5.9 px, a left crop leaves all black, a right one
+    # all white: each gives other values at columns 0 and 3.
     image = torch.zeros(1, 3, 30, 90)
-    image[..., 45:] = 255.0
+    image[..., 33:] = 255.0
     out = clip_augmentation(16, mean=(0, 0, 0), std=(1, 1, 1))({"image": image})["image"]
     assert out.shape == (1, 3, 16, 16)
-    assert out[0, 0, 8, 2].item() == pytest.approx(0, abs=0.02)
-    assert out[0, 0, 8, 13].item() == pytest.approx(1, abs=0.02)
+    assert out[0, 0, 8, 0].item() == pytest.approx(0, abs=0.05)
+    assert out[0, 0, 8, 3].item() == pytest.approx(1, abs=0.05)
+    assert out[0, 0, 8, 13].item() == pytest.approx(1, abs=0.05)
 
 
 def test_collate_keeps_caption_lists() -> None:

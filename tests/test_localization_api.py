@@ -403,3 +403,82 @@ def test_aoi_inside_an_indexed_raster_reuses_the_whole_index(tmp_path: Path) -> 
     assert len(part) < len(whole)
     # The worker's way: the subset passed back in as ``index`` fits the AOI's plan.
     localize(raster, "red", model, scales=(64,), aoi=aoi, index=part)
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return image.size
+
+
+@pytest.mark.parametrize("shape", [(5000, 1), (1, 5000)])
+def test_overlay_of_a_strip_stays_small(tmp_path: Path, shape: tuple[int, int]) -> None:
+    rows, cols = shape
+    path = tmp_path / "strip.tif"
+    profile = {"driver": "GTiff", "width": cols, "height": rows, "count": 3, "dtype": "uint8"}
+    with rasterio.open(
+        path, "w", crs="EPSG:32633", transform=from_origin(0, 1e5, 10, 10), **profile
+    ) as dst:
+        dst.write(np.full((3, rows, cols), 90, np.uint8))
+    (result,) = localize(
+        path,
+        "red",
+        RednessModel(),
+        out_dir=tmp_path / "o",
+        outputs=("overlay",),
+        index_dir=tmp_path,
+    )
+    width, height = _png_size(result.paths["overlay"])
+    # Measured before the bound: 731 x 181,332 px for a 1 x 5000 strip.
+    assert max(width, height) <= 4096 and min(width, height) >= 100
+
+
+def test_overlay_title_of_a_5000_word_query_is_cut(tmp_path: Path) -> None:
+    raster = _raster(tmp_path / "scene.tif", "EPSG:32633", from_origin(0, 256, 1, 1))
+    long_query = " ".join(["red"] * 5000)
+    kwargs = {"scales": (64,), "outputs": ("overlay",), "index_dir": tmp_path}
+    (short,) = localize(raster, "red", RednessModel(), out_dir=tmp_path / "a", **kwargs)
+    (long,) = localize(raster, long_query, RednessModel(), out_dir=tmp_path / "b", **kwargs)
+    # Measured before: 761 x 6910 px. Now the title wraps to at most three lines inside the
+    # figure, whose size depends on the map alone.
+    assert _png_size(long.paths["overlay"]) == _png_size(short.paths["overlay"])
+    assert max(_png_size(long.paths["overlay"])) <= 4096
+    assert len(long.paths["overlay"].name) <= 64
+
+
+def test_non_latin_queries_get_readable_distinct_names(tmp_path: Path) -> None:
+    import hashlib
+
+    raster = _raster(tmp_path / "scene.tif", "EPSG:32633", from_origin(0, 256, 1, 1))
+    queries = ["红色屋顶", "Café au lait", "लाल छत", "🏠🌳", "🌲", "red 🏠"]
+    results = localize(
+        raster, queries, RednessModel(), scales=(64,), out_dir=tmp_path / "o",
+        outputs=("heatmap", "geojson"), index_dir=tmp_path,
+    )  # fmt: skip
+    names = [r.paths["heatmap"].name for r in results]
+
+    def hashed(text: str) -> str:
+        return "query-" + hashlib.sha256(text.encode()).hexdigest()[:8] + ".tif"
+
+    assert names == [
+        "红色屋顶.tif", "café-au-lait.tif", "लाल-छत.tif", hashed("🏠🌳"), hashed("🌲"), "red.tif",
+    ]  # fmt: skip
+    for result in results:
+        with rasterio.open(result.paths["heatmap"]) as src:
+            assert src.tags()["query"] == result.query
+
+
+def test_geojson_layer_is_named_after_the_query(tmp_path: Path) -> None:
+    import pyogrio
+
+    raster = _raster(tmp_path / "scene.tif", "EPSG:32633", from_origin(0, 256, 1, 1))
+    query = "a red  roof\nby the road"
+    long_query = "red " * 50
+    results = localize(
+        raster, [query, long_query], RednessModel(), scales=(64,), out_dir=tmp_path / "o",
+        outputs=("geojson",), index_dir=tmp_path,
+    )  # fmt: skip
+    assert pyogrio.list_layers(results[0].paths["geojson"])[0][0] == "a red roof by the road"
+    long_name = pyogrio.list_layers(results[1].paths["geojson"])[0][0]
+    assert long_name == long_query.strip()[:99] + "…"

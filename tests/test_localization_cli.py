@@ -112,3 +112,47 @@ def test_demo_offline_runs_with_labelled_random_model(tmp_path, capsys, monkeypa
             # 61 x 47 cells of nominally 8 px, stretched to end on the sample's edges.
             assert src.transform == sample.transform @ Affine.scale(485 / 61, 373 / 47)
         assert src.tags()["model_id"].startswith("RANDOM-WEIGHTS-dgtrs-tiny-")
+
+
+def test_index_list_and_prune(tmp_path, capsys) -> None:
+    import json
+    import os
+    import time
+
+    from test_localization_api import RednessModel, _raster
+
+    from dgtrs_geo.localization import build_index
+
+    idx = tmp_path / "idx"
+    rasters = {
+        name: _raster(tmp_path / f"{name}.tif", "EPSG:32633", from_origin(1000, 9000, 1, 1))
+        for name in ("kept", "old", "gone")
+    }
+    built = {name: build_index(path, RednessModel(), scales=(64,), index_dir=idx)
+             for name, path in rasters.items()}  # fmt: skip
+    assert main(["index", "--list", "--index-dir", str(idx), "--json"]) == 0
+    rows = {Path(row["raster"]).stem: row for row in json.loads(capsys.readouterr().out)}
+    assert set(rows) == set(rasters)
+    for name, index in built.items():
+        row = rows[name]
+        assert Path(row["path"]) == index.path and row["windows"] == len(index)
+        assert row["model"] == "redness-v1" and row["problem"] is None
+        assert row["size_bytes"] == sum(
+            f.stat().st_size for f in index.path.rglob("*") if f.is_file()
+        )
+    assert main(["index", "--list", "--index-dir", str(idx)]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert len(table) == 4 and all("redness-v1" in line for line in table[1:])
+    # One raster deleted, one index unused for ten days.
+    rasters["gone"].unlink()
+    ten_days_ago = time.time() - 10 * 86400
+    os.utime(built["old"].path, (ten_days_ago, ten_days_ago))
+    assert main(["index", "--prune", "--index-dir", str(idx)]) == 0
+    assert capsys.readouterr().out == f"removed {built['gone'].path}\n"
+    assert main(["index", "--prune", "--older-than", "5", "--index-dir", str(idx)]) == 0
+    assert capsys.readouterr().out == f"removed {built['old'].path}\n"
+    assert built["kept"].path.is_dir() and not built["old"].path.exists()
+    assert main(["index", "--older-than", "5", "--index-dir", str(idx)]) == 2
+    assert "--older-than goes with --prune" in capsys.readouterr().err
+    assert main(["index"]) == 2
+    assert "give a RASTER to index, or --list / --prune" in capsys.readouterr().err

@@ -202,3 +202,14 @@ def test_cli_refuses_out_of_range_values_in_one_line(tmp_path, capsys) -> None:
         assert err.count("\n") == 1 and err.startswith("dgtrs-geo localize: error: ")
         assert words in err
     assert not (tmp_path / "o").exists()
+
+
+def test_evaluate_workers_flag_is_now_num_workers(capsys) -> None:
+    base = ["evaluate", "all", "--model", "m", "-o", "out"]
+    assert build_parser().parse_args(base).num_workers == 0
+    assert build_parser().parse_args([*base, "--num-workers", "3"]).num_workers == 3
+    assert build_parser().parse_args([*base, "--workers", "2"]).num_workers == 2
+    assert (
+        "--workers is deprecated and will be removed in 0.3: use --num-workers"
+        in capsys.readouterr().err
+    )

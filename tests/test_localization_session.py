@@ -76,7 +76,7 @@ def test_a_changed_raster_is_never_answered_from_memory(scene: Path, tmp_path: P
 
 def test_lru_drops_the_least_recently_used_index(tmp_path: Path) -> None:
     rasters = [
-        _raster(tmp_path / f"s{i}.tif", "EPSG:32633", from_origin(i * 1e4, 0, 1, 1))
+        _raster(tmp_path / f"s{i}.tif", "EPSG:32633", from_origin(1000 + i * 1e4, 5000, 1, 1))
         for i in range(3)
     ]
     model = RednessModel()
@@ -169,6 +169,9 @@ def test_old_keyword_spellings_warn_and_still_work(scene: Path, tmp_path: Path) 
             rebuild_index=True, **kwargs,
         )  # fmt: skip
     messages = [str(w.message) for w in caught if w.category is DeprecationWarning]
+    assert {Path(w.filename).name for w in caught if w.category is DeprecationWarning} == {
+        Path(__file__).name
+    }  # the warnings point at the caller
     for name, new in [
         ("normalise_mode", "normalise"), ("smooth_sigma", "smooth"),
         ("reference_mode", "reference"), ("rebuild_index", "rebuild"),
@@ -185,7 +188,8 @@ def test_old_keyword_spellings_warn_and_still_work(scene: Path, tmp_path: Path) 
     with pytest.warns(DeprecationWarning, match=r"build_index\(reference_mode=...\)"):
         build_index(scene, model, reference_mode=False, **kwargs)
     with pytest.raises(TypeError, match="'smooth' and its old name 'smooth_sigma'"):
-        localize(scene, "red", model, smooth=1, smooth_sigma=1)
+        with pytest.warns(DeprecationWarning):
+            localize(scene, "red", model, smooth=1, smooth_sigma=1)
     with pytest.raises(TypeError, match=r"localize\(\): .*'smoothing'"):
         localize(scene, "red", model, smoothing=1)
 

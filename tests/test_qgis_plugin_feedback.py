@@ -113,6 +113,7 @@ def test_downloading_weights_shows_its_percentage(dock) -> None:
 def test_a_stale_error_goes_once_the_backend_works(dock, monkeypatch) -> None:
     from qgis_plugin.gui.settings_dialog import BackendSettingsDialog
 
+    manager.shutdown()
     with monkeypatch.context() as patch:
         patch.setattr(plugin_settings, "backend_python", lambda: None)
         dock.query.setPlainText("a bright square")
@@ -120,7 +121,6 @@ def test_a_stale_error_goes_once_the_backend_works(dock, monkeypatch) -> None:
         wait_until(lambda: dock.task is None, timeout=10)
     assert dock.status.text().startswith("No dgtrs-geo backend found")
     assert "color" in dock.status.styleSheet()
-    manager.shutdown()
     # Diagnostics starts the backend: the dock's error is replaced as soon as it answers.
     dialog = BackendSettingsDialog()
     task = dialog.show_diagnostics()

@@ -142,12 +142,23 @@ def test_rmi_weights() -> None:
     assert rmi(0.0, 1.0, 1.0) == pytest.approx(0.25)
 
 
+def test_float32_rounding_above_one_is_accepted_as_one() -> None:
+    # float32 min-max maps reach 1.0000001: such a map scores exactly as the same map at 1.
+    prob_map = np.full((200, 300), 0.3)
+    prob_map[80:120, 80:120] = 1.0
+    rounded = prob_map.astype(np.float32)
+    rounded[100, 100] = np.nextafter(np.float32(1), np.float32(2))
+    assert rounded.max() > 1.0
+    assert selo_metrics(rounded, [SQUARE]) == selo_metrics(prob_map.astype(np.float32), [SQUARE])
+
+
 @pytest.mark.parametrize(
     ("prob_map", "match"),
     [
         (np.zeros((2, 10, 10)), "2-D"),
         (np.zeros((0, 10)), "2-D"),
         (np.full((10, 10), 1.5), r"\[0, 1\]"),
+        (np.full((10, 10), 1.00001), r"\[0, 1\]"),
         (np.full((10, 10), -0.1), r"\[0, 1\]"),
         (np.full((10, 10), np.nan), "NaN"),
     ],

@@ -100,7 +100,9 @@ def _random_polygons(rng: np.random.Generator, height: int, width: int) -> list[
         polygons.append(polygons[-1] + [side, 0])
     if rng.random() < 0.5:
         # Running past the left and top edges (negative coordinates).
-        polygons.append(rng.uniform(-20, 60, (5, 2)) + [[0, 0], [60, 0], [80, 60], [20, 80], [0, 50]])
+        polygons.append(
+            rng.uniform(-20, 60, (5, 2)) + [[0, 0], [60, 0], [80, 60], [20, 80], [0, 50]]
+        )
     return polygons
 
 

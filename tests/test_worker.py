@@ -17,6 +17,7 @@ import pytest
 import rasterio
 from rasterio.transform import from_origin
 
+from dgtrs_geo.localization import localize
 from dgtrs_geo.worker import Worker
 
 ORIGIN = (500000.0, 4100000.0)
@@ -226,11 +227,18 @@ def test_localize_then_warm_second_query(
     assert (
         np.isfinite(heat).all()
         and heat.min() == pytest.approx(0)
-        and heat.max() == pytest.approx(1)
-    )
+        # The worker is an adapter: the engine in-process, same options, gives the same map.
+        and np.allclose(heat, localize(geotiff, "a bright square", tiny_checkpoint, device="cpu",
+                                       scales=(16, 32), index_dir=str(tmp_path / "idx"))[0].heatmap,
+                        atol=1e-6)
+    )  # fmt: skip
     assert Path(answer["polygons"]).is_file() and answer["polygon_count"] >= 1
-    x, y = answer["best"]
-    assert ORIGIN[0] <= x <= ORIGIN[0] + 128 and ORIGIN[1] - 128 <= y <= ORIGIN[1]
+    # The centre of the heatmap's best cell (the grid spans the 128 m raster).
+    row, col = np.unravel_index(np.argmax(heat), heat.shape)
+    cell_x, cell_y = 64 * PIXEL / heat.shape[1], 64 * PIXEL / heat.shape[0]
+    assert answer["best"] == pytest.approx(
+        [ORIGIN[0] + (col + 0.5) * cell_x, ORIGIN[1] - (row + 0.5) * cell_y]
+    )
 
     worker.send(
         "2", "localize", queries=["dark ground"], options={**options, "out_dir": str(tmp_path / "b")},

@@ -18,11 +18,10 @@ import numpy as np
 from rasterio.errors import RasterioError
 
 from ..errors import Cancelled, DgtrsGeoError, InputError
-from ..localization.api import MIN_WINDOW_PX
 from ..localization.encode import encode_windows
+from ..localization.options import MIN_WINDOW_PX, LocalizationOptions, model_patch_size
 from ..localization.raster import RasterSource, ground_sample_distance
 from ..localization.windows import plan_windows, scales_to_pixels
-from .options import CatalogOptions
 from .remote import is_remote, local_raster, remote_fingerprint
 from .sources import Scene
 from .store import CatalogStore, ScenePart
@@ -96,30 +95,38 @@ def scene_fingerprint(scene: Scene) -> str:
     """Return the scene's fingerprint: content hash of local files, HTTP validators of URLs."""
     if is_remote(scene.href):
         return remote_fingerprint(scene.href)
-    return RasterSource(scene.href, stretch="none").fingerprint()
+    with warnings.catch_warnings():
+        # A scene without georeferencing is refused when it is read, with the reason.
+        warnings.simplefilter("ignore", UserWarning)
+        return RasterSource(scene.href, stretch="none").fingerprint()
 
 
 def scene_scales(
-    options: CatalogOptions, gsd: float, width: int, height: int
+    options: LocalizationOptions, gsd: float, smallest: int = MIN_WINDOW_PX
 ) -> tuple[tuple[int, ...], tuple[float, ...]]:
     """Return the window sizes of a scene in pixels, with the size asked for each.
 
-    Sizes in metres smaller than :data:`MIN_WINDOW_PX` pixels on this scene are left out (a
-    10 m scene cannot show a 50 m window); a scene left with none is refused.
+    Sizes in metres under ``smallest`` pixels on this scene are left out (a 10 m scene cannot
+    show a 50 m window in enough pixels); a scene left with none is refused.
+
+    Args:
+        options: the catalog's options.
+        gsd: the scene's metres per pixel.
+        smallest: the smallest window in pixels (:data:`MIN_WINDOW_PX`, or the model's patch).
 
     Raises:
-        InputError: if no size is at least :data:`MIN_WINDOW_PX` pixels on this scene.
+        InputError: if no size is at least ``smallest`` pixels on this scene.
 
     """
     if options.scale_unit == "px":
         return tuple(int(round(s)) for s in options.scales), tuple(options.scales)
     pixels = scales_to_pixels(options.scales, gsd)
-    kept = [(p, s) for p, s in zip(pixels, options.scales, strict=True) if p >= MIN_WINDOW_PX]
+    kept = [(p, s) for p, s in zip(pixels, options.scales, strict=True) if p >= smallest]
     if not kept:
         raise InputError(
             f"every window size ({', '.join(f'{s:g}' for s in options.scales)} m) is under "
-            f"{MIN_WINDOW_PX} px on this {width} x {height} scene of {gsd:.3g} m pixels: give the "
-            f"catalog sizes of at least {MIN_WINDOW_PX * gsd:.0f} m"
+            f"{smallest} px on this scene of {gsd:.3g} m pixels: give the catalog sizes "
+            f"(--scales) of at least {smallest * gsd:.0f} m"
         )
     return tuple(p for p, _ in kept), tuple(s for _, s in kept)
 
@@ -136,15 +143,23 @@ def _window_scales(windows: np.ndarray, pixels: tuple[int, ...], asked: tuple[fl
 def index_scene(
     scene: Scene,
     model,
-    options: CatalogOptions,
+    options: LocalizationOptions,
     fingerprint: str,
+    dim: int,
     *,
-    batch_size: int | None = None,
-    num_workers: int | None = None,
     progress: ProgressFn | None = None,
     cancel: threading.Event | None = None,
 ) -> ScenePart:
     """Embed every window of one scene.
+
+    Args:
+        scene: the scene.
+        model: a loaded model.
+        options: the catalog's options with this run's ``batch_size`` and ``num_workers``.
+        fingerprint: the scene's fingerprint, recorded with its part.
+        dim: the embedding size (for a scene without a valid window).
+        progress: called with ``(fraction, message)`` while encoding.
+        cancel: checked between batches; when set, :class:`Cancelled` is raised.
 
     Raises:
         InputError: if the scene has no CRS, or no window size fits it.
@@ -162,14 +177,15 @@ def index_scene(
                     "one (gdal_edit.py -a_srs EPSG:xxxx) or leave the scene out"
                 )
             gsd = ground_sample_distance(source.transform, source.crs, source.width, source.height)
-            pixels, asked = scene_scales(options, gsd, source.width, source.height)
+            smallest = max(MIN_WINDOW_PX, model_patch_size(model) or 0)
+            pixels, asked = scene_scales(options, gsd, smallest)
             plan = plan_windows(source.width, source.height, pixels)
             kept, embeddings = encode_windows(
                 model,
                 source,
                 plan.windows,
-                batch_size=batch_size,
-                num_workers=num_workers,
+                batch_size=options.batch_size,
+                num_workers=options.num_workers,
                 min_valid=options.min_valid,
                 progress=progress,
                 cancel=cancel,
@@ -177,7 +193,7 @@ def index_scene(
         finally:
             source.close()
     if len(kept) == 0:
-        embeddings = np.zeros((0, model.embed_dim), dtype=np.float32)
+        embeddings = np.zeros((0, dim), dtype=np.float32)
     elif not np.isfinite(embeddings).all():
         raise ValueError(f"the model gave non-finite embeddings for {scene.href}")
     windows = plan.windows[kept]
@@ -211,9 +227,8 @@ def embed_scene(
     store: CatalogStore,
     scene: Scene,
     model,
+    options: LocalizationOptions,
     *,
-    batch_size: int | None = None,
-    num_workers: int | None = None,
     progress: ProgressFn | None = None,
     cancel: threading.Event | None = None,
 ) -> SceneResult:
@@ -240,10 +255,9 @@ def embed_scene(
         part = index_scene(
             scene,
             model,
-            store.options,
+            options,
             fingerprint,
-            batch_size=batch_size,
-            num_workers=num_workers,
+            int(store.meta["dim"]),
             progress=progress,
             cancel=cancel,
         )
@@ -261,4 +275,6 @@ def write_result(store: CatalogStore, result: SceneResult) -> SceneOutcome:
         store.write_part(result.part)
     elif result.status == "failed" and result.record_failure:
         store.write_failure(scene.scene_id, scene.href, result.error or "failed")
-    return SceneOutcome(scene.scene_id, scene.href, result.status, result.rows, result.error, result.note)
+    return SceneOutcome(
+        scene.scene_id, scene.href, result.status, result.rows, result.error, result.note
+    )

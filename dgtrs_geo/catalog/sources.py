@@ -194,7 +194,9 @@ def _expand(
     source: str, asset: str, pattern: re.Pattern[str] | None
 ) -> tuple[list[Scene], list[SceneFailure]]:
     if source.lower().split("?")[0].endswith(".json"):
-        return _from_stac(source if is_remote(source) else str(Path(source).resolve()), asset, pattern)
+        return _from_stac(
+            source if is_remote(source) else str(Path(source).resolve()), asset, pattern
+        )
     if is_remote(source):
         return [Scene(scene_id(source), source, _date_from_name(source, pattern))], []
     files = _files(source)
@@ -225,13 +227,13 @@ def resolve_sources(
     asset: str = DEFAULT_ASSET,
     date_from: str | None = None,
 ) -> tuple[list[Scene], list[SceneFailure]]:
-    """Expand sources into scenes, each once, sorted by scene id.
+    r"""Expand sources into scenes, each once, sorted by scene id.
 
     Args:
         sources: raster files or URLs, globs, folders, STAC JSON files or URLs.
         asset: the STAC asset key to index.
         date_from: a regular expression searched in file names; its group ``date`` (or its first
-            group, or the whole match) is the scene's ISO 8601 date, e.g. ``_(\\d{8})_``.
+            group, or the whole match) is the scene's ISO 8601 date, e.g. ``_(\d{8})_``.
 
     Returns:
         ``(scenes, failures)``: failures are sources that name nothing, STAC items without the
@@ -246,7 +248,9 @@ def resolve_sources(
     try:
         pattern = re.compile(date_from) if date_from else None
     except re.error as error:
-        raise InputError(f"--date-from {date_from!r} is not a regular expression: {error}") from None
+        raise InputError(
+            f"--date-from {date_from!r} is not a regular expression: {error}"
+        ) from None
     found: dict[str, Scene] = {}
     failures: list[SceneFailure] = []
     for source in sources:

@@ -64,8 +64,9 @@ from pyproj import CRS as ProjCRS
 from rasterio.crs import CRS
 
 from ..errors import EmbeddingIndexError, IndexMismatchError, InputError, OutputError
+from ..localization.options import LocalizationOptions
 from .geometry import window_bounds, window_polygons_4326
-from .options import CatalogOptions
+from .options import catalog_options, options_record
 from .sources import Scene
 
 __all__ = [
@@ -216,9 +217,9 @@ class CatalogStore:
         self.meta = meta
 
     @property
-    def options(self) -> CatalogOptions:
-        """The catalog's window options."""
-        return CatalogOptions.from_json(self.meta["options"])
+    def options(self) -> LocalizationOptions:
+        """The catalog's window options (:data:`~dgtrs_geo.catalog.options.CATALOG_FIELDS`)."""
+        return catalog_options(self.meta["options"])
 
     @property
     def model_id(self) -> str:
@@ -264,7 +265,13 @@ class CatalogStore:
 
     @classmethod
     def create_or_open(
-        cls, root: str | Path, *, model_id: str, model: str | None, dim: int, options: CatalogOptions
+        cls,
+        root: str | Path,
+        *,
+        model_id: str,
+        model: str | None,
+        dim: int,
+        options: LocalizationOptions,
     ) -> CatalogStore:
         """Open ``root`` for indexing with this model and options, creating it if needed.
 
@@ -280,7 +287,7 @@ class CatalogStore:
             "model_id": model_id,
             "model": model,
             "dim": int(dim),
-            "options": options.to_json(),
+            "options": options_record(options),
             "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         }
         try:
@@ -301,17 +308,17 @@ class CatalogStore:
         store.check(model_id, options)
         return store
 
-    def check(self, model_id: str, options: CatalogOptions | None = None) -> None:
+    def check(self, model_id: str, options: LocalizationOptions | None = None) -> None:
         """Raise :class:`IndexMismatchError` naming both sides if the model or options differ."""
         if self.model_id != model_id:
             raise IndexMismatchError(
                 f"catalog {self.root} was built with model {self.model_id!r}, not {model_id!r}: "
                 f"use --model {self.meta.get('model') or self.model_id}, or build another catalog"
             )
-        if options is not None and options.to_json() != self.meta["options"]:
+        if options is not None and options_record(options) != self.meta["options"]:
             raise IndexMismatchError(
                 f"catalog {self.root} was built with options {self.meta['options']}, not "
-                f"{options.to_json()}: index with the catalog's options or into a new folder"
+                f"{options_record(options)}: index with the catalog's options or into a new folder"
             )
 
     def record(self, scene_id: str) -> dict | None:
@@ -384,7 +391,9 @@ class CatalogStore:
         if not path.is_file():
             return f"its part {path.name} is missing"
         if path.stat().st_size != record.get("bytes"):
-            return f"its part {path.name} has {path.stat().st_size} bytes, not {record.get('bytes')}"
+            return (
+                f"its part {path.name} has {path.stat().st_size} bytes, not {record.get('bytes')}"
+            )
         if full:
             digest = hashlib.sha256()
             with path.open("rb") as file:

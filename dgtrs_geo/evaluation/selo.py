@@ -26,6 +26,9 @@ _PEAK_SIZE = 1000
 _MIN_CENTRE_PROBABILITY = 0.5
 _RAS_SCALE = 3.0
 _RSU_SCALE = 0.707
+# float32 min-max normalisation can overshoot [0, 1] by a rounding step (1.0000001): such maps
+# are accepted and clipped; reference maps (uint8 / 255) are never touched.
+_ROUNDING = 1e-6
 RMI_WEIGHTS = {"rsu": 0.4, "ras": 0.35, "rda": 0.25}
 """Weights of Rmi = 0.4 Rsu + 0.35 (1 - Ras) + 0.25 Rda."""
 MASK_RULES = ("reference", "union")
@@ -39,10 +42,12 @@ def check_probability_map(prob_map: np.ndarray) -> np.ndarray:
         prob_map: the probability map, rows = y, columns = x.
 
     Returns:
-        The map as ``float64``.
+        The map as ``float64``, clipped to [0, 1] (values within 1e-6 outside it are float
+        rounding of a min-max normalisation).
 
     Raises:
-        ValueError: if the map is not 2-D, is empty, or holds values outside [0, 1] or NaN.
+        ValueError: if the map is not 2-D, is empty, or holds values more than 1e-6 outside
+            [0, 1] or NaN.
 
     """
     prob_map = np.asarray(prob_map)
@@ -54,12 +59,12 @@ def check_probability_map(prob_map: np.ndarray) -> np.ndarray:
     prob_map = prob_map.astype(np.float64)
     if not np.isfinite(prob_map).all():
         raise ValueError("prob_map values must lie in [0, 1], but it holds NaN or infinite values")
-    if prob_map.min() < 0.0 or prob_map.max() > 1.0:
+    if prob_map.min() < -_ROUNDING or prob_map.max() > 1.0 + _ROUNDING:
         raise ValueError(
             f"prob_map values must lie in [0, 1], got [{prob_map.min()}, {prob_map.max()}]; "
             "min-max normalise it (or divide a uint8 map by 255)"
         )
-    return prob_map
+    return np.clip(prob_map, 0.0, 1.0)
 
 
 def check_polygons(polygons: Sequence[np.ndarray | Sequence[Sequence[float]]]) -> list[np.ndarray]:

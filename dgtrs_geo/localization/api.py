@@ -46,7 +46,7 @@ def renamed_options(
             warnings.warn(
                 f"{caller}({key}=...) is deprecated and will be removed in 0.3: use {old[key]}=...",
                 DeprecationWarning,
-                stacklevel=3,
+                stacklevel=4,  # the caller of localize() or build_index()
             )
             if old[key] in keywords:
                 raise TypeError(f"{caller}() got {old[key]!r} and its old name {key!r}: give one")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import rasterio
@@ -19,6 +20,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from ..protocols import ImageTextModel, WindowModel, WindowSource
 from .errors import Cancelled
 
 __all__ = ["WindowDataset", "encode_windows", "preprocess_batch"]
@@ -38,7 +40,7 @@ GPU_BYTES_PER_WINDOW = 48 * 2**20
 GDAL_CACHE_BYTES = 256 * 2**20
 
 
-class WindowDataset(Dataset):
+class WindowDataset(Dataset[tuple[int, torch.Tensor, float]]):
     """Windows of a source as tensors.
 
     Args:
@@ -52,8 +54,8 @@ class WindowDataset(Dataset):
 
     def __init__(
         self,
-        source,
-        windows: np.ndarray,
+        source: WindowSource,
+        windows: np.ndarray[Any, Any],
         preprocess: Callable[[Image.Image], torch.Tensor] | None = None,
     ) -> None:
         self.source = source
@@ -69,14 +71,14 @@ class WindowDataset(Dataset):
         if self.preprocess is None:
             return i, torch.from_numpy(rgb), fraction
         crop = Image.fromarray(np.ascontiguousarray(rgb.transpose(1, 2, 0)))
-        crop = crop.resize((REFERENCE_CROP_SIZE, REFERENCE_CROP_SIZE), Image.BICUBIC)
+        crop = crop.resize((REFERENCE_CROP_SIZE, REFERENCE_CROP_SIZE), Image.Resampling.BICUBIC)
         return i, self.preprocess(crop), fraction
 
 
 class _ShapeBatchSampler(Sampler[list[int]]):
     """Consecutive indexes in batches that never mix window shapes (so they stack)."""
 
-    def __init__(self, windows: np.ndarray, batch_size: int) -> None:
+    def __init__(self, windows: np.ndarray[Any, Any], batch_size: int) -> None:
         self.windows = windows
         self.batch_size = batch_size
 
@@ -104,7 +106,7 @@ class _ShapeBatchSampler(Sampler[list[int]]):
         return len(self._batches())
 
 
-def preprocess_batch(pixels: torch.Tensor, model) -> torch.Tensor:
+def preprocess_batch(pixels: torch.Tensor, model: WindowModel) -> torch.Tensor:
     """Turn a uint8 batch ``[B, 3, h, w]`` into the model's normalised input ``[B, 3, S, S]``.
 
     Bicubic with antialiasing, like the PIL resize of the model's own preprocessing; windows are
@@ -157,9 +159,9 @@ def default_batch_size(device: torch.device) -> int:
 
 
 def encode_windows(
-    model,
-    source,
-    windows: np.ndarray,
+    model: WindowModel,
+    source: WindowSource,
+    windows: np.ndarray[Any, Any],
     *,
     reference: bool = False,
     batch_size: int | None = None,
@@ -167,7 +169,7 @@ def encode_windows(
     min_valid: float = 0.5,
     progress: ProgressFn | None = None,
     cancel: threading.Event | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
     """Embed every window of ``source`` that is at least ``min_valid`` valid pixels.
 
     Args:
@@ -214,20 +216,20 @@ def encode_windows(
 
 
 def _encode_loader(
-    model,
-    loader: DataLoader,
+    model: WindowModel,
+    loader: DataLoader[tuple[int, torch.Tensor, float]],
     batch_size: int,
     reference: bool,
     min_valid: float,
     progress: ProgressFn | None,
     cancel: threading.Event | None,
-) -> tuple[list[np.ndarray], list[np.ndarray]]:
+) -> tuple[list[np.ndarray[Any, Any]], list[np.ndarray[Any, Any]]]:
     device = torch.device(model.device)
-    kept: list[np.ndarray] = []
-    chunks: list[np.ndarray] = []
+    kept: list[np.ndarray[Any, Any]] = []
+    chunks: list[np.ndarray[Any, Any]] = []
     chunk = batch_size
     done = 0
-    total = len(loader.dataset)
+    total = len(loader.dataset)  # type: ignore[arg-type]  # a WindowDataset has a length
     for indexes, pixels, fractions in loader:
         if cancel is not None and cancel.is_set():
             raise Cancelled("encoding cancelled")
@@ -247,11 +249,11 @@ def _encode_loader(
 
 
 def _encode_adaptive(
-    model, pixels: torch.Tensor, chunk: int, reference: bool
-) -> tuple[np.ndarray, int]:
+    model: WindowModel, pixels: torch.Tensor, chunk: int, reference: bool
+) -> tuple[np.ndarray[Any, Any], int]:
     """Encode ``pixels`` in chunks, halving the chunk on OOM; return embeddings and the chunk."""
     device = pixels.device
-    out: list[np.ndarray] = []
+    out: list[np.ndarray[Any, Any]] = []
     start = 0
     while start < len(pixels):
         part = pixels[start : start + chunk]
@@ -271,7 +273,8 @@ def _encode_adaptive(
     return np.concatenate(out), chunk
 
 
-def encode_texts(model, queries: Sequence[str]) -> np.ndarray:
+def encode_texts(model: ImageTextModel, queries: Sequence[str]) -> np.ndarray[Any, Any]:
     """Embed queries with one text forward; return float32 ``[Q, D]`` L2-normalised."""
     with torch.inference_mode():
-        return model.encode_text(list(queries)).float().cpu().numpy()
+        embedded: np.ndarray[Any, Any] = model.encode_text(list(queries)).float().cpu().numpy()
+    return embedded

@@ -442,7 +442,7 @@ def _duration(seconds: float) -> str:
     return f"{seconds:.0f} s"
 
 
-def option_fields(command: str | None = None) -> list[dataclasses.Field]:
+def option_fields(command: str | None = None) -> list[dataclasses.Field[Any]]:
     """Return the option fields (those of ``command`` only, when given), in declaration order."""
     return [
         item

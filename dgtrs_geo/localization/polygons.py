@@ -12,9 +12,8 @@ import shapely
 from affine import Affine
 from pyproj import Geod
 from rasterio.crs import CRS
-from rasterio.warp import transform_geom
+from rasterio.warp import transform
 from scipy import ndimage
-from shapely.geometry import mapping, shape
 from shapely.geometry.base import BaseGeometry
 
 __all__ = ["heatmap_polygons", "polygon_areas"]
@@ -22,27 +21,19 @@ __all__ = ["heatmap_polygons", "polygon_areas"]
 COLUMNS = ["query", "score_max", "score_mean", "area", "geometry"]
 
 
-#: Edges are split into this many pieces per polygon extent before areas are measured, so an
-#: edge straight in the map's CRS (a parallel in EPSG:4326, a line in Web Mercator) follows
-#: geodesics closely: the relative area error falls with its square (under 1e-6 at 1 degree).
-_DENSIFY = 64
-
-
-def _geodesic_area(geom: BaseGeometry, geod: Geod) -> float:
-    """Area of a (multi)polygon in lon/lat on the ellipsoid: exteriors minus holes."""
-    total = 0.0
-    for part in getattr(geom, "geoms", [geom]):
-        total += abs(geod.polygon_area_perimeter(*part.exterior.xy)[0])
-        total -= sum(abs(geod.polygon_area_perimeter(*ring.xy)[0]) for ring in part.interiors)
-    return total
+#: Longest edge, in metres on the ground, measured as a geodesic: longer edges (straight in the
+#: map's CRS, such as a parallel in EPSG:4326 or a line in Web Mercator) are split first. The
+#: area error of an edge falls with the square of its length: under 1e-6 relative at 1 km.
+_SEGMENT_M = 1000.0
 
 
 def polygon_areas(geoms: list[BaseGeometry], crs: CRS | None) -> list[float]:
     """Return each polygon's geodesic area in square metres, whatever the CRS.
 
-    Polygons are densified, transformed to EPSG:4326 (cut at the antimeridian) and measured on
-    the WGS 84 ellipsoid: a planar area in Web Mercator would be too large by the square of the
-    scale factor (+23 % at 25 degrees latitude). Without a CRS, areas are in square pixels.
+    Polygons are densified, transformed to EPSG:4326 and measured on the WGS 84 ellipsoid
+    (``pyproj.Geod``, which also handles rings that cross the antimeridian): a planar area in Web
+    Mercator would be too large by the square of the scale factor (+23 % at 25 degrees
+    latitude). Without a CRS, areas are in square pixels.
 
     Args:
         geoms: polygons or multipolygons in ``crs``.
@@ -52,15 +43,39 @@ def polygon_areas(geoms: list[BaseGeometry], crs: CRS | None) -> list[float]:
         One area per geometry.
 
     """
-    if crs is None:
-        return [float(g.area) for g in geoms]
-    dense = []
-    for geom in geoms:
-        minx, miny, maxx, maxy = geom.bounds
-        dense.append(shapely.segmentize(geom, max(maxx - minx, maxy - miny) / _DENSIFY))
-    lonlat = transform_geom(crs, "EPSG:4326", [mapping(g) for g in dense])
+    array = np.asarray(geoms, dtype=object)
+    if crs is None or len(array) == 0:
+        return [float(a) for a in shapely.area(array)]
+    if crs.is_geographic:
+        segment = _SEGMENT_M / 111_000  # degrees; shorter along parallels away from the equator
+    else:
+        segment = _SEGMENT_M / (crs.linear_units_factor[1] if crs.linear_units else 1.0)
+    dense = shapely.segmentize(array, segment)
+
+    def to_lonlat(xy: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+        lons, lats = transform(crs, "EPSG:4326", xy[:, 0], xy[:, 1])
+        return np.column_stack([lons, lats])
+
+    lonlat = dense if crs == CRS.from_epsg(4326) else shapely.transform(dense, to_lonlat)
+    parts, owner = shapely.get_parts(lonlat, return_index=True)
+    rings, part = shapely.get_rings(parts, return_index=True)
+    # The first ring of each part is its exterior; the others are holes.
+    exterior = np.r_[True, part[1:] != part[:-1]]
+    coords, ring = shapely.get_coordinates(rings, return_index=True)
+    starts = np.searchsorted(ring, np.arange(len(rings) + 1))
     geod = Geod(ellps="WGS84")
-    return [_geodesic_area(shape(g), geod) for g in lonlat]
+    areas = np.zeros(len(array))
+    for r in range(len(rings)):
+        lon, lat = coords[starts[r] : starts[r + 1]].T
+        area = abs(geod.polygon_area_perimeter(lon, lat)[0])
+        areas[owner[part[r]]] += area if exterior[r] else -area
+    return [float(a) for a in areas]
+
+
+def _polygon(rings: list[list[tuple[float, float]]]) -> BaseGeometry:
+    """A GeoJSON polygon's rings as a shapely polygon, built in C (no per-vertex Python)."""
+    shell, *holes = (np.asarray(ring, dtype=np.float64) for ring in rings)
+    return shapely.polygons(shell, holes=holes or None)
 
 
 def heatmap_polygons(
@@ -102,7 +117,7 @@ def heatmap_polygons(
     for geom, label in rasterio.features.shapes(
         labels.astype(np.int32), mask=mask, connectivity=4, transform=transform
     ):
-        rows.append((int(label), shape(geom)))
+        rows.append((int(label), _polygon(geom["coordinates"])))
     geoms = [g for _, g in rows]
     frame = gpd.GeoDataFrame(
         {

@@ -8,14 +8,15 @@ Loaded indexes stay in an in-memory LRU keyed by the index key (model, raster co
 fingerprint, raster description, plan), so a changed raster is never answered from memory.
 
 Progress callbacks are called with ``(fraction, message)``, or with ``(fraction, message,
-stage)`` when they take a third argument; ``stage`` is ``"starting"``, ``"encoding"``,
-``"scoring"`` or ``"writing"``.
+stage)`` when they take a third argument; ``stage`` is ``"encoding"`` (building, or finding,
+the index), ``"scoring"`` or ``"writing"``.
 """
 
 from __future__ import annotations
 
 import inspect
 import math
+import re
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
@@ -87,7 +88,7 @@ class LocalizationResult:
     """
 
     query: str
-    heatmap: np.ndarray
+    heatmap: np.ndarray[Any, Any]
     transform: Affine
     crs: CRS | None
     polygons: gpd.GeoDataFrame
@@ -175,7 +176,7 @@ def resolve_model(model: Any, device: str = "auto") -> Any:
     return model
 
 
-def plan_meta(plan: WindowPlan, reference: bool, min_valid: float) -> dict:
+def plan_meta(plan: WindowPlan, reference: bool, min_valid: float) -> dict[str, Any]:
     """Return the plan parameters an index records (and is keyed by)."""
     return {**plan.to_json(), "reference": bool(reference), "min_valid": float(min_valid)}
 
@@ -235,8 +236,8 @@ class _Opened:
 
     source: RasterSource
     plan: WindowPlan
-    geoms: list | None
-    expected: dict
+    geoms: list[Any] | None
+    expected: dict[str, Any]
 
 
 @contextmanager
@@ -266,6 +267,7 @@ def _opened(raster: str | Path, options: LocalizationOptions, model: Any) -> Ite
         # line, when a DataLoader reader process passed it on with a traceback).
         lines = str(error).replace("See previous exception for details.", "").splitlines()
         reason = next((line.strip(" .") for line in reversed(lines) if line.strip()), "read failed")
+        reason = re.sub(r"^[\w.]+Error: ", "", reason)
         raise InputError(
             f"cannot read {path} ({reason}): the file is truncated or damaged. Copy it again, "
             f"or repair it (e.g. `gdal_translate {path.name} repaired.tif`) and use the copy"
@@ -277,7 +279,7 @@ def _opened(raster: str | Path, options: LocalizationOptions, model: Any) -> Ite
 
 def _aoi_region(
     source: RasterSource, aoi: tuple[float, ...] | str | None
-) -> tuple[tuple[int, int, int, int] | None, list | None]:
+) -> tuple[tuple[int, int, int, int] | None, list[Any] | None]:
     """Return the pixel region ``(col, row, width, height)`` of an AOI and its geometries."""
     if aoi is None:
         return None, None
@@ -677,7 +679,7 @@ def _invalid_cells(
     cell: int,
     shape: tuple[int, int],
     transform: Affine,
-) -> np.ndarray:
+) -> np.ndarray[Any, Any]:
     """Cells that are nodata (from the index's stored mask when it fits) or outside the AOI."""
     invalid = np.zeros(shape, dtype=bool)
     if index.meta.get("valid_cell") == cell:
@@ -703,9 +705,9 @@ def _sigma_px(source: RasterSource, plan: WindowPlan, sigma: float | None) -> fl
     return float(sigma) / gsd
 
 
-def _best(heat: np.ndarray, transform: Affine) -> tuple[float, float]:
+def _best(heat: np.ndarray[Any, Any], transform: Affine) -> tuple[float, float]:
     if not np.isfinite(heat).any():
         return (math.nan, math.nan)
     row, col = np.unravel_index(np.nanargmax(heat), heat.shape)
-    x, y = transform @ (col + 0.5, row + 0.5)
+    x, y = transform @ (float(col) + 0.5, float(row) + 0.5)
     return (float(x), float(y))

@@ -18,7 +18,7 @@ import unicodedata
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import geopandas as gpd
 import numpy as np
@@ -125,9 +125,10 @@ def out_of_space(error: BaseException, directory: str | Path) -> bool:
     ``database or disk is full``, so besides ``ENOSPC`` the messages and the free space count.
     """
     chain: list[BaseException] = []
-    while error is not None and error not in chain:
-        chain.append(error)
-        error = error.__cause__ or error.__context__
+    link: BaseException | None = error
+    while link is not None and link not in chain:
+        chain.append(link)
+        link = link.__cause__ or link.__context__
     if any(getattr(e, "errno", None) in _FULL_ERRNOS for e in chain):
         return True
     if any(phrase in str(e).lower() for e in chain for phrase in _FULL_PHRASES):
@@ -173,7 +174,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
 def write_heatmap(
     path: str | Path,
-    heatmap: np.ndarray,
+    heatmap: np.ndarray[Any, Any],
     transform: Affine,
     crs: CRS | None,
     tags: dict[str, str] | None = None,
@@ -273,11 +274,11 @@ def wrap_title(text: str, width_chars: int, lines: int = TITLE_LINES) -> str:
 
 def write_overlay(
     path: str | Path,
-    image: np.ndarray,
-    heatmap: np.ndarray,
+    image: np.ndarray[Any, Any],
+    heatmap: np.ndarray[Any, Any],
     extent: tuple[float, float, float, float],
     title: str,
-    valid: np.ndarray | None = None,
+    valid: np.ndarray[Any, Any] | None = None,
 ) -> Path:
     """Write a PNG of the heatmap over the image, at most :data:`MAX_OVERLAY_PX` on a side.
 
@@ -311,7 +312,7 @@ def write_overlay(
     rgba = np.concatenate([image, alpha[None]]).transpose(1, 2, 0)
     ax.imshow(rgba, extent=extent, interpolation="nearest")
     shown = ax.imshow(
-        np.ma.masked_invalid(heatmap),
+        np.ma.masked_invalid(heatmap),  # type: ignore[no-untyped-call]
         extent=extent,
         cmap="inferno",
         alpha=0.55,
@@ -319,7 +320,7 @@ def write_overlay(
     )
     fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.02, label="score")
     head, _, tail = title.partition("\n")
-    chars = int(size[0] * OVERLAY_DPI / 6)  # about 6 px per character at 9 pt
+    chars = int(size[0] * OVERLAY_DPI / 7.5)  # about 6 px per character at 9 pt, and a margin
     ax.set_title(
         wrap_title(head, chars) + ("\n" + wrap_title(tail, chars, 1) if tail else ""), fontsize=9
     )
@@ -367,7 +368,7 @@ def write_results(
     """
     written: list[Path] = []
     taken: set[str] = set()
-    background: tuple[np.ndarray, np.ndarray] | None = None
+    background: tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]] | None = None
     try:
         for result in results:
             stem = output_stem(result.query, taken)

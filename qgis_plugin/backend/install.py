@@ -49,15 +49,16 @@ CUDA_INDEX_URL = "https://download.pytorch.org/whl/cu130"
 DEFAULT_MIN_PYTHON = (3, 11)
 #: The file step 2 writes into the new venv's site-packages.
 LINK_FILE = "_dgtrs_geo_base.pth"
+# No single quotes inside: the manual command quotes the script with them.
 _LINK_SCRIPT = (
-    "import os, sys, sysconfig; "
-    "p = os.path.join(sysconfig.get_paths()['purelib'], {!r}); "
-    "open(p, 'w').write(chr(10).join(sys.argv[1:]) + chr(10)); print('wrote', p)"
+    'import sys, sysconfig; p = sysconfig.get_paths()["purelib"] + "/{}"; '
+    'open(p, "w").write(chr(10).join(sys.argv[1:]) + chr(10)); print("wrote", p)'
 ).format(LINK_FILE)
 _PROBE = (
-    "import json, site, sys; venv = sys.prefix != sys.base_prefix; "
+    "import json, os, site, sys; venv = sys.prefix != sys.base_prefix; "
+    "own = [p for p in site.getsitepackages() if p.startswith(sys.prefix) and os.path.isdir(p)]; "
     "print(json.dumps({'executable': sys.executable, 'version': list(sys.version_info[:3]), "
-    "'venv': venv, 'site': [p for p in site.getsitepackages() if p.startswith(sys.prefix)]}))"
+    "'venv': venv, 'site': own}))"
 )
 _probed: Dict[Tuple[str, ...], Optional[dict]] = {}
 
@@ -267,10 +268,17 @@ def remove_venv(venv_dir: Path) -> None:
     shutil.rmtree(folder)
 
 
-def shell_command(steps: Sequence[Step], platform: str = sys.platform) -> str:
-    """Render set-up steps as one command line a user can paste into a terminal."""
+def shell_command(steps: Sequence[Step], platform: str = sys.platform, joiner: str = " && ") -> str:
+    """Render set-up steps as one command line a user can paste into a terminal.
+
+    Args:
+        steps: the steps.
+        platform: ``sys.platform`` of the machine (Windows quotes differently).
+        joiner: between commands (a newline: one command per line, run one after another).
+
+    """
     render = subprocess.list2cmdline if platform == "win32" else shlex.join
-    return " && ".join(render(step.argv) for step in steps)
+    return joiner.join(render(step.argv) for step in steps)
 
 
 def clean_environment() -> Dict[str, str]:

@@ -25,9 +25,7 @@ from qgis.PyQt.QtWidgets import (
     QFormLayout,
     QHBoxLayout,
     QLabel,
-    QListWidget,
     QListWidgetItem,
-    QMessageBox,
     QPlainTextEdit,
     QProgressBar,
     QPushButton,
@@ -40,10 +38,11 @@ from .. import history, settings
 from ..backend import manager
 from ..backend.client import BackendUnavailable, WorkerCancelled, WorkerCrashed
 from ..backend.protocol import result_path
-from ..layers import add_result_group, find_group, group_name, remove_results, short
+from ..layers import add_result_group, short
 from ..sources import UnsupportedLayer, run_request
 from ..tasks import WorkerTask
 from ..tools import MessageBarLogger, plugin_name, tr
+from .history_panel import HistoryPanel
 from .window_sizes_widget import WindowSizesWidget
 
 #: Delay after the last keystroke before the token count is refreshed.
@@ -82,7 +81,6 @@ class DgtrsGeoDock(QDockWidget):
         self.iface = iface
         self.bar = MessageBarLogger(plugin_name())
         self.task: Optional[WorkerTask] = None
-        self.history: List[Dict[str, Any]] = []
         self._tasks: List[WorkerTask] = []
         self._error_shown = False
         # Set on plugin unload: tasks still finishing must not touch the deleted widgets.
@@ -97,8 +95,6 @@ class DgtrsGeoDock(QDockWidget):
         self.backendChanged.connect(self._backend_changed)
         self.run_button.clicked.connect(self.run)
         self.cancel_button.clicked.connect(self.cancel)
-        self.clear_button.clicked.connect(self._ask_clear_results)
-        self.history_list.itemClicked.connect(self.show_history_item)
         self.browse_button.clicked.connect(self._browse_checkpoint)
         self.settings_button.clicked.connect(self._open_settings)
         self.layer_combo.layerChanged.connect(self.window_sizes.set_layer)
@@ -170,14 +166,11 @@ class DgtrsGeoDock(QDockWidget):
         self.status = QLabel("", body)
         self.status.setWordWrap(True)
         layout.addWidget(self.status)
-        history_row = QHBoxLayout()
-        history_row.addWidget(QLabel(tr("History (click to show again)"), body), 1)
-        self.clear_button = QPushButton(tr("Clear results\u2026"), body)
-        self.clear_button.setToolTip(tr("Remove the result layers, and their files if you wish"))
-        history_row.addWidget(self.clear_button)
-        layout.addLayout(history_row)
-        self.history_list = QListWidget(body)
-        layout.addWidget(self.history_list, 1)
+        self.history_panel = HistoryPanel(self.iface, self.set_status, body)
+        #: The history's list of runs (newest first) and the *Clear results* button.
+        self.history_list = self.history_panel.list
+        self.clear_button = self.history_panel.clear_button
+        layout.addWidget(self.history_panel, 1)
         self.setWidget(body)
 
     def _set_running(self, running: bool) -> None:
@@ -403,9 +396,7 @@ class DgtrsGeoDock(QDockWidget):
         record["seconds"] = round(time.monotonic() - clicked, 3)
         record["start_seconds"] = round(task.start_seconds if task else 0.0, 3)
         self.progress.setValue(100)
-        self.history.insert(0, record)
-        history.save(self.history)
-        self.history_list.insertItem(0, self._history_item(record))
+        self.history_panel.add(record)
         self.refresh_token_count()
         self.set_status(self._done_text(record))
         if task is not None and task.version_note:
@@ -436,92 +427,22 @@ class DgtrsGeoDock(QDockWidget):
 
     # --- history and results --------------------------------------------------------------------
 
-    def _history_item(self, record: Dict[str, Any]) -> QListWidgetItem:
-        item = QListWidgetItem(
-            "{}  ({:.1f} s)".format(group_name(record), float(record.get("seconds") or 0.0))
-        )
-        item.setData(Qt.ItemDataRole.UserRole, record["id"])
-        item.setToolTip(
-            "{}\n{}\n{}".format(record.get("layer", ""), record.get("heatmap", ""), record["time"])
-        )
-        return item
-
-    def _project_read(self, *_args) -> None:  # noqa: ANN002
-        """Show the history stored in the project just read (or none after a new project)."""
-        if self._closed:
-            return
-        self.history = history.load()
-        self.history_list.clear()
-        for record in self.history:
-            self.history_list.addItem(self._history_item(record))
-
-    def record(self, run_id: str) -> Optional[Dict[str, Any]]:
-        """Return the history record of run ``run_id``."""
-        return next((r for r in self.history if r["id"] == run_id), None)
+    @property
+    def history(self) -> List[Dict[str, Any]]:
+        """The runs of this project, newest first (their records)."""
+        return self.history_panel.records
 
     def show_history_item(self, item: QListWidgetItem) -> None:
-        """Show that run's group (re-adding its layers from their files if they were removed)."""
-        record = self.record(item.data(Qt.ItemDataRole.UserRole))
-        if record is None:
-            return
-        group = find_group(record["id"])
-        if group is None or not group.findLayers():
-            if group is not None:
-                group.parent().removeChildNode(group)
-            if not record.get("heatmap") or not os.path.isfile(record["heatmap"]):
-                self.set_status(
-                    tr("The result files of this query are gone: {}", record.get("heatmap")), True
-                )
-                return
-            group = add_result_group(record)
-        group.setItemVisibilityCheckedRecursive(True)
-        layers = [node.layer() for node in group.findLayers() if node.layer() is not None]
-        if layers:
-            self.iface.setActiveLayer(layers[-1])
-            canvas = self.iface.mapCanvas()
-            transform = QgsCoordinateTransform(
-                layers[-1].crs(), canvas.mapSettings().destinationCrs(), QgsProject.instance()
-            )
-            canvas.setExtent(transform.transformBoundingBox(layers[-1].extent()))
-            canvas.refresh()
-
-    def _ask_clear_results(self) -> None:
-        box = QMessageBox(self)
-        box.setWindowTitle(tr("Clear results"))
-        box.setText(tr("Remove all DGTRS-Geo result layers from the project?"))
-        remove = box.addButton(tr("Remove layers"), QMessageBox.ButtonRole.AcceptRole)
-        delete = box.addButton(
-            tr("Remove layers and delete files"), QMessageBox.ButtonRole.DestructiveRole
-        )
-        box.addButton(QMessageBox.StandardButton.Cancel)
-        box.exec()
-        if box.clickedButton() in (remove, delete):
-            self.clear_results(delete_files=box.clickedButton() is delete)
+        """Show a run's group again (re-adding its layers from their files if needed)."""
+        self.history_panel.show_item(item)
 
     def clear_results(self, delete_files: bool = False) -> int:
-        """Remove every result layer; with ``delete_files`` also the dock's result files.
+        """Remove every result layer (and with ``delete_files`` the dock's result files)."""
+        return self.history_panel.clear_results(delete_files)
 
-        Deleted runs leave the history (their files are gone); kept ones stay in it.
-
-        Returns:
-            The number of layers removed.
-
-        """
-        removed = remove_results()
-        if delete_files:
-            for record in self.history:
-                history.delete_files(record, settings.results_dir())
-            self.history = []
-            self.history_list.clear()
-            history.save(self.history)
-        self.set_status(
-            tr(
-                "Removed {} result layers{}.",
-                len(removed),
-                tr(" and their files") if delete_files else "",
-            )
-        )
-        return len(removed)
+    def _project_read(self, *_args) -> None:  # noqa: ANN002
+        if not self._closed:
+            self.history_panel.load()
 
     def close_down(self) -> None:
         """Cancel running tasks and stop reacting to them (plugin unload)."""

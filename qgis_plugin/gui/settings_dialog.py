@@ -15,7 +15,7 @@ from typing import List, Optional, Sequence, Union
 
 from qgis.core import QgsApplication
 from qgis.gui import QgsFileWidget
-from qgis.PyQt.QtCore import QProcess, QProcessEnvironment, Qt
+from qgis.PyQt.QtCore import QProcess, QProcessEnvironment
 from qgis.PyQt.QtWidgets import (
     QCheckBox,
     QDialog,
@@ -155,9 +155,11 @@ class BackendSettingsDialog(QDialog):
         form.addRow(tr("pip options"), self.pip_options)
         self.torch_index = QLineEdit(saved.torch_index, group)
         form.addRow(tr("PyTorch index"), self.torch_index)
-        self.command = QLabel(group)
-        self.command.setWordWrap(True)
-        self.command.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.command = QPlainTextEdit(group)
+        self.command.setReadOnly(True)
+        self.command.setMaximumHeight(90)
+        self.command.setLineWrapMode(QPlainTextEdit.LineWrapMode.NoWrap)
+        self.command.setToolTip(tr("The same steps, to run in a terminal one after the other"))
         form.addRow(tr("Manual set-up"), self.command)
         return group
 
@@ -208,9 +210,9 @@ class BackendSettingsDialog(QDialog):
             torch_index(self.cuda.isChecked()) or tr("the package index (PyPI)")
         )
         try:
-            self.command.setText(shell_command(setup_steps(self.options())))
+            self.command.setPlainText(shell_command(setup_steps(self.options()), joiner="\n"))
         except SetupError as error:
-            self.command.setText(str(error))
+            self.command.setPlainText(str(error))
 
     # --- set-up -----------------------------------------------------------------------------------
 
@@ -303,6 +305,9 @@ class BackendSettingsDialog(QDialog):
             )
             return
         self._done_steps += 1
+        self.log.appendPlainText(
+            tr("(step done, {:.0f} s since the set-up began)", time.monotonic() - self._started)
+        )
         self._next_step()
 
     def _step_failed(self, _error) -> None:  # noqa: ANN001
