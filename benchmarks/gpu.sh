@@ -13,7 +13,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader ||
 out="${OUT:-.}/localize-gpu.json"
 timeout 285 "$python" benchmarks/localize.py \
     --arch dgtrs-vit-b-16 --device cuda --batch 256 \
-    --encode-size 8192 --query-size 10000 --rss-sizes 5000,20000 --reference-size 384 \
+    --encode-size 8192 --query-size 10000 --rss-shapes 5000x5000,20000x20000 --reference-size 384 \
     | tee "$out"
 echo "wrote $out" >&2
 # The plugin's view: worker start, first and warm queries through the real worker, on the GPU.

@@ -18,6 +18,8 @@
 #                     verdicts, test again only its mutants that were not killed and those of
 #                     functions changed since; new test files are added to the selection (more
 #                     tests cannot un-kill a mutant, so killed verdicts stand). Minutes, not hours.
+#   MUTATION_RETEST=0 with MUTATION_RESUME: only finish the mutants without a verdict (an
+#                     interrupted run), do not test the survivors again
 # Score = (killed + timeout) / (mutants - skipped); "no tests" mutants count as not killed.
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
@@ -118,7 +120,7 @@ PY
     fi
     # Every mutant without a verdict: all of them on a fresh run, changed functions on a resume.
     run || fail
-    if [ -n "${MUTATION_RESUME:-}" ]; then
+    if [ -n "${MUTATION_RESUME:-}" ] && [ "${MUTATION_RETEST:-1}" != 0 ]; then
         mapfile -t again < <(cd "$copy" && "$python" - <<'PY'
 """The mutants the earlier run left alive, to test again with the new tests."""
 import json

@@ -28,6 +28,29 @@ def _print_json(payload: object) -> None:
     sys.stdout.write("\n")
 
 
+def _int_list(text: str) -> list[int]:
+    """Parse ``"256,512"`` as whole numbers (an argparse type: a bad value is a usage error)."""
+    try:
+        return [int(value) for value in text.split(",") if value.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not comma-separated whole numbers") from None
+
+
+def _at_least(minimum: int) -> Callable[[str], int]:
+    """Return an argparse type taking whole numbers of at least ``minimum``."""
+
+    def whole(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = minimum - 1
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= {minimum}")
+        return value
+
+    return whole
+
+
 def _add_model_options(parser: argparse.ArgumentParser, device: bool = True) -> None:
     """Declare ``--model`` and (unless the options declare it) ``--device``."""
     parser.add_argument(
@@ -121,11 +144,17 @@ def _add_embed_image(sub: argparse._SubParsersAction) -> None:
 def _run_embed_image(args: argparse.Namespace) -> int:
     from PIL import Image
 
+    from .errors import InputError
+
     model = _load_model(args)
     images = []
     for path in args.images:
-        with Image.open(path) as image:
-            images.append(image.convert("RGB"))
+        try:
+            with Image.open(path) as image:
+                images.append(image.convert("RGB"))
+        except (OSError, Image.DecompressionBombError) as error:
+            # Missing, unreadable, not an image or truncated (PIL's errors are all OSErrors).
+            raise InputError(f"cannot read the image {path}: {error}") from error
     embeddings = model.encode_pil(images)
     rows = [
         {"image": p, "embedding": v.tolist()} for p, v in zip(args.images, embeddings, strict=True)
@@ -158,7 +187,9 @@ def _add_captions(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-attempts", type=int, help="tries per item")
     p.add_argument("--masks", help="folder of label masks mirroring the image folder (masks step)")
     p.add_argument("--classes", help="class table, CSV id,name or JSON (masks step)")
-    p.add_argument("--ignore", default="", help="comma-separated label ids to leave out: 0,255")
+    p.add_argument(
+        "--ignore", type=_int_list, default=[], help="comma-separated label ids to leave out: 0,255"
+    )
     p.add_argument(
         "--rasters", help="rasters under a vector INPUT (GeoPackage of captioned features)"
     )
@@ -201,7 +232,7 @@ def _run_captions(args: argparse.Namespace) -> int:
         config,
         masks=args.masks,
         classes=args.classes,
-        ignore=[int(v) for v in args.ignore.split(",") if v.strip()],
+        ignore=args.ignore,
         rasters=args.rasters,
         caption_column=args.caption_column,
         long_caption_column=args.long_caption_column,
@@ -247,14 +278,19 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", required=True, help="output folder")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     p.add_argument("--split", default=None, help="split (default: test; zero-shot: all)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--num-workers", type=int, default=0, help="DataLoader reader processes")
+    p.add_argument("--batch-size", type=_at_least(1), default=64)
     p.add_argument(
-        "--workers", dest="num_workers", type=int, action=_Deprecated, use="--num-workers"
+        "--num-workers", type=_at_least(0), default=0, help="DataLoader reader processes"
     )
-    p.add_argument("--limit", type=int, default=None, help="first N samples only (smoke tests)")
+    p.add_argument(
+        "--workers", dest="num_workers", type=_at_least(0), action=_Deprecated, use="--num-workers"
+    )
+    p.add_argument(
+        "--limit", type=_at_least(1), default=None, help="first N samples only (smoke tests)"
+    )
     p.add_argument(
         "--selo-scales",
+        type=_int_list,
         default="256,512,768",
         help="SeLo window sizes in pixels (default: 256,512,768)",
     )
@@ -273,26 +309,23 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
-    from torchgeo.datasets import DatasetNotFoundError
-
+    from .cache import cache_dir
     from .evaluation.data import resolve_benchmarks
     from .evaluation.report import markdown_report, write_report
     from .evaluation.runner import EvaluationSettings, run_evaluation
     from .evaluation.templates import TEMPLATES, read_templates
-    from .models import cache_dir
+    from .localization.writers import check_writable
 
-    try:
-        benchmarks = resolve_benchmarks(args.task, args.dataset, args.root, args.split, args.limit)
-    except DatasetNotFoundError as error:
-        notes = " ".join(getattr(error, "__notes__", []))
-        raise FileNotFoundError(f"{error} {notes}".strip()) from error
+    benchmarks = resolve_benchmarks(args.task, args.dataset, args.root, args.split, args.limit)
+    # Before the evaluation, which may take hours, not after it.
+    check_writable(args.output, "output folder", "-o/--output")
     settings = EvaluationSettings(
         device=args.device,
         batch_size=args.batch_size,
         num_workers=args.num_workers,
-        cache_dir=None if args.no_cache else cache_dir() / "embeddings",
+        cache_dir=None if args.no_cache else cache_dir("embeddings"),
         progress=not args.no_progress,
-        selo_scales=tuple(int(v) for v in args.selo_scales.split(",")),
+        selo_scales=tuple(args.selo_scales),
         selo_modes=tuple(v.strip() for v in args.selo_modes.split(",") if v.strip()),
         jpeg_roundtrip=args.jpeg_roundtrip,
         templates=read_templates(args.templates) if args.templates else TEMPLATES,
@@ -554,11 +587,12 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 
 def _run_demo(args: argparse.Namespace) -> int:
     from .localization.demo import DEMO_QUERIES, DEMO_SCALES, demo_model, sample_raster
+    from .localization.writers import check_writable
 
     raster = args.raster or str(sample_raster())
     print(f"raster: {raster}", file=sys.stderr)
     out_dir = getattr(args, "out_dir", None) or os.path.join("output", "demo")
-    os.makedirs(out_dir, exist_ok=True)
+    check_writable(out_dir)
     device = getattr(args, "device", "auto")
     model, note = demo_model(args.model, out_dir, device)
     print(note, file=sys.stderr)
@@ -598,11 +632,6 @@ _COMMANDS: list[tuple[Callable, Callable]] = [
     (_add_demo, _run_demo),
     (_add_worker, _run_worker),
 ]
-
-
-#: Commands whose engine raises DgtrsGeoError for every failure a user can fix: for them, and only
-#: them, any other exception keeps its traceback.
-_ENGINE_COMMANDS = {"localize", "index", "demo"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -648,27 +677,35 @@ def _signals_interrupt() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
+def _dataset_not_found(error: FileNotFoundError) -> bool:
+    """Whether ``error`` is TorchGeo's ``DatasetNotFoundError``: a data set the user must place.
+
+    TorchGeo's own data sets (EuroSAT...) raise it too, so it cannot derive from DgtrsGeoError;
+    it is told apart here without importing torchgeo, which no instance can exist without.
+    """
+    datasets = sys.modules.get("torchgeo.datasets")
+    return datasets is not None and isinstance(error, datasets.DatasetNotFoundError)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``dgtrs-geo`` command line; return the process exit code.
 
-    A :class:`~dgtrs_geo.errors.DgtrsGeoError` (a failure the user can fix) prints one line and
-    returns 2; SIGINT returns 130 and SIGTERM 143, after cleanup, with one line. Anything else
-    is a bug and keeps its traceback.
+    A :class:`~dgtrs_geo.errors.DgtrsGeoError` (a failure the user can fix), or TorchGeo's
+    ``DatasetNotFoundError``, prints one line and returns 2; SIGINT returns 130 and SIGTERM 143,
+    after cleanup, with one line. Anything else is a bug and keeps its traceback.
     """
     from .errors import DgtrsGeoError
 
     args = build_parser().parse_args(argv)
-    # Commands whose engine modules do not raise DgtrsGeoError yet keep the 0.1 rule, so their
-    # user errors stay one line until those modules adopt it.
-    legacy = (
-        () if args.command in _ENGINE_COMMANDS else (FileNotFoundError, ValueError, RuntimeError)
-    )
     try:
         with _signals_interrupt():
             return args.run(args)
-    except (DgtrsGeoError, *legacy) as error:
-        message = " ".join(str(error).split())
-        print(f"dgtrs-geo {args.command}: error: {message}", file=sys.stderr)
+    except (DgtrsGeoError, FileNotFoundError) as error:
+        if not isinstance(error, DgtrsGeoError) and not _dataset_not_found(error):
+            raise
+        # One line: the message and its notes (where TorchGeo puts where to get a data set).
+        message = " ".join([str(error), *getattr(error, "__notes__", ())])
+        print(f"dgtrs-geo {args.command}: error: {' '.join(message.split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as error:
         signame, code = ("SIGTERM", 143) if isinstance(error, _Terminated) else ("SIGINT", 130)

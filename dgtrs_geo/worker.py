@@ -21,8 +21,10 @@ Each reply is one line carrying the request's ``id`` and an ``event``:
   its own name in ``class``.
 
 On start the worker writes ``{"id": null, "event": "ready", "result": {"version", "protocol",
-"pid", "python", "options"}}``; ``options`` is ``LocalizationOptions().to_json()``, every option
-with its default: the schema a client builds requests from. Operations:
+"pid", "python", "context_length", "options"}}``; ``context_length`` is the text context of
+DGTRS-CLIP (248 tokens, :data:`dgtrs_geo.tokens.DGTRS_CONTEXT_LENGTH`), against which a client
+counts before any model is loaded; ``options`` is ``LocalizationOptions().to_json()``, every
+option with its default: the schema a client builds requests from. Operations:
 
 - ``ping``: answers at once, even while a job runs (liveness), with the ``ready`` result.
 - ``diagnostics``: interpreter, versions, torch device, model cache, what is warm.
@@ -68,6 +70,7 @@ from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any
 
 from . import __version__
+from .tokens import DGTRS_CONTEXT_LENGTH
 
 if TYPE_CHECKING:
     from .localization.options import LocalizationOptions
@@ -78,8 +81,6 @@ __all__ = ["PROTOCOL", "Worker", "main"]
 PROTOCOL = 2
 #: Models (each with its session and warm indexes) kept in memory at once, least recent dropped.
 MAX_MODELS = 2
-#: Context length reported when no model is loaded yet (DGTRS-CLIP's).
-DEFAULT_CONTEXT_LENGTH = 248
 #: Protocol 1 names of options given flat in ``params``: old -> new.
 RENAMED_PARAMS = {"extent": "aoi", "output_dir": "out_dir"}
 
@@ -169,7 +170,6 @@ class Worker:
         self._current: _Job | None = None
         self._state_lock = threading.Lock()
         self._sessions: OrderedDict[tuple[str, str], Any] = OrderedDict()
-        self._tokenizer: Any = None
         self._thread = threading.Thread(target=self._run_jobs, name="dgtrs-geo-job", daemon=True)
 
     # --- output ---------------------------------------------------------------------------------
@@ -329,6 +329,7 @@ class Worker:
             "protocol": PROTOCOL,
             "pid": os.getpid(),
             "python": sys.executable,
+            "context_length": DGTRS_CONTEXT_LENGTH,
             "options": LocalizationOptions().to_json(),
         }
 
@@ -336,7 +337,7 @@ class Worker:
         """Describe the interpreter, versions, torch device, model cache and what is warm."""
         import torch
 
-        from .models.registry import cache_dir
+        from .cache import cache_dir
 
         cuda = torch.cuda.is_available()
         return {
@@ -348,7 +349,7 @@ class Worker:
             "device": torch.cuda.get_device_name(0) if cuda else "cpu",
             "mps_available": bool(getattr(torch.backends, "mps", None))
             and torch.backends.mps.is_available(),
-            "model_cache": str(cache_dir()),
+            "model_cache": str(cache_dir("models")),
             "models_loaded": [f"{source} ({device})" for source, device in self._sessions],
             "indexes_warm": sum(s.cache_info().currsize for s in list(self._sessions.values())),
         }
@@ -356,21 +357,17 @@ class Worker:
     def count_tokens(self, text: str, model: str | None = None) -> dict[str, Any]:
         """Count CLIP BPE tokens of ``text`` (start and end included) and give the context length.
 
-        A loaded model counts with its own tokenizer; before any is loaded, open_clip's CLIP BPE
-        (the tokenizer of every model this project serves) counts against 248 tokens.
+        Every model this project serves reads CLIP's BPE, so the count is the same for all; the
+        context length is the loaded model's (``model``'s, or the most recent one), else 248.
         """
+        from .tokens import count_tokens
+
+        context_length = DGTRS_CONTEXT_LENGTH
         for (source, _device), session in reversed(list(self._sessions.items())):
             if model is None or source == model:
-                loaded = session.model
-                return {"count": loaded.count_tokens(text), "context_length": loaded.context_length}
-        if self._tokenizer is None:
-            import open_clip
-
-            self._tokenizer = open_clip.get_tokenizer(
-                "ViT-B-16", context_length=DEFAULT_CONTEXT_LENGTH
-            )
-        count = len(self._tokenizer.encode(text)) + 2
-        return {"count": count, "context_length": DEFAULT_CONTEXT_LENGTH}
+                context_length = int(session.model.context_length)
+                break
+        return {"count": count_tokens(text), "context_length": context_length}
 
     def session(self, source: str, device: str, progress: ProgressFn | None = None) -> Any:
         """Return the :class:`Localizer` of model ``source`` on ``device``, loading it on first use."""

@@ -184,6 +184,11 @@ def test_finalize_gathers_verified_parts_and_leaves_out_a_damaged_one(store) -> 
         index.windows, np.concatenate([parts[n].windows for n in order]).astype(np.int32)
     )
     assert summary.rows == len(index) == sum(len(parts[n].windows) for n in order)
+    # Nothing changed: the current index is kept; a new part makes a new one.
+    assert finalize(store.root).index == summary.index
+    store.write_part(parts["merc"])
+    again = finalize(store.root)
+    assert again.index != summary.index and again.scenes == 4 and again.corrupt == []
 
 
 def test_an_empty_or_unfinished_catalog_cannot_be_searched(tmp_path: Path) -> None:
@@ -301,14 +306,34 @@ def test_a_box_outside_every_scene_warns_and_names_swapped_axes(index: SearchInd
         candidate_rows(index, bbox=(20, 0, 10, 1))
 
 
-def test_search_through_the_ann_index_agrees_with_exact_search(store) -> None:
-    store, _ = store
-    summary = finalize(store.root, ann=True)
-    assert summary.ann
+def test_large_catalogs_are_searched_through_faiss_as_exactly_as_a_scan(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dgtrs_geo.catalog.search as search
+
+    # Two scenes of 2,821 windows; ann.py builds IVF-PQ from 2,000 rows instead of 50,000.
+    monkeypatch.setattr("dgtrs_geo.catalog.ann.EXACT_BELOW", 2000)
+    store = new_store(tmp_path / "c.dgtrs-catalog")
+    for seed, (name, crs, transform, date) in enumerate(SCENES[:2]):
+        store.write_part(make_part(name, crs, transform, date, seed, size=800))
+    summary = finalize(store.root)
+    assert summary.ann == "ivfpq" and summary.rows == 2 * 2821
     index = SearchIndex.load(store)
-    assert index.ann is not None
-    query = _unit(np.random.default_rng(3), 1)[0]
-    scores, rows = search_rows(index, query, top=10)
-    exact = _reference(index, query, 10)
-    assert len(set(rows) & set(exact)) >= 9
-    np.testing.assert_allclose(scores, np.asarray(index.embeddings)[rows] @ query, rtol=1e-4)
+    assert index.ann.kind == "ivfpq"
+    queries = _unit(np.random.default_rng(11), 5)
+    everything = np.asarray(index.embeddings) @ queries.T
+    for q, query in enumerate(queries):
+        scores, rows = search_rows(index, query, top=20, min_distance=0.0)
+        exact = np.argsort(-everything[:, q], kind="stable")[:20]
+        assert len(set(rows) & set(exact)) >= 19  # recall@20
+        np.testing.assert_allclose(scores, everything[rows, q], rtol=1e-5)  # true cosines
+    # A filter that leaves more rows than an exact scan is worth: the ANN, then the filter.
+    monkeypatch.setattr(search, "EXACT_ROWS", 100)
+    utm = index.scenes.iloc[1]
+    lon0, lat0, lon1, lat1 = utm["bounds"]
+    allowed = candidate_rows(index, bbox=(lon0, lat0, (lon0 + lon1) / 2, lat1))
+    assert 100 < len(allowed) < len(index)
+    scores, rows = search_rows(index, queries[0], top=20, rows=allowed, min_distance=0.0)
+    assert set(rows) <= set(allowed)
+    exact = allowed[np.argsort(-everything[allowed, 0], kind="stable")[:20]]
+    assert len(set(rows) & set(exact)) >= 19

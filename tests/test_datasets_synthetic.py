@@ -7,7 +7,8 @@ from matplotlib import pyplot as plt
 from matplotlib.figure import Figure
 
 from dgtrs_geo.datasets import SyntheticScenes, draw_large_scene, draw_scene
-from dgtrs_geo.datasets.synthetic import COLOURS, POSITIONS, SHAPES, _bpe, count_tokens
+from dgtrs_geo.datasets.synthetic import COLOURS, POSITIONS, SHAPES
+from dgtrs_geo.tokens import clip_tokenizer, count_tokens
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +78,7 @@ def test_relations_match_grid_cells(scenes: SyntheticScenes) -> None:
 
 
 def test_long_captions_hide_object_facts_past_token_77(scenes: SyntheticScenes) -> None:
-    bpe = _bpe()
+    bpe = clip_tokenizer()
     for i in range(len(scenes)):
         scene = scenes.scene(i)
         n = count_tokens(scene.caption_long)

@@ -4,6 +4,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+import shapely
 from affine import Affine
 from rasterio.crs import CRS
 from rasterio.transform import from_origin
@@ -16,7 +17,7 @@ from dgtrs_geo.localization.heatmap import (
     normalise,
     smooth,
 )
-from dgtrs_geo.localization.polygons import heatmap_polygons
+from dgtrs_geo.localization.polygons import heatmap_polygons, polygon_areas
 from dgtrs_geo.localization.windows import plan_windows
 
 
@@ -193,13 +194,15 @@ def test_polygon_area_is_geodesic_in_every_crs() -> None:
 
 
 def test_polygon_area_subtracts_holes() -> None:
-    heat = np.zeros((5, 5), np.float32)
-    heat[:3, :] = 1
-    heat[1, 2] = 0  # a hole of one cell inside 15
-    heat[4, 0] = 1  # and a separate cell below
+    heat = np.zeros((6, 7), np.float32)
+    heat[:4, :] = 1
+    heat[1, 1] = 0  # a hole of one cell
+    heat[1:3, 4] = 0  # and one of two cells, inside 28 cells
+    heat[5, 0] = 1  # and a separate cell below
     frame = heatmap_polygons(heat, from_origin(499000, 1000, 100, 100), CRS.from_epsg(32633), 0.5)
+    assert [len(g.interiors) for g in frame.geometry if g.area > 2e4] == [2]
     areas = sorted(frame["area"])
-    np.testing.assert_allclose(areas, np.array([1, 14]) * 1e4 / 0.9996**2, rtol=1e-5)
+    np.testing.assert_allclose(areas, np.array([1, 25]) * 1e4 / 0.9996**2, rtol=1e-5)
 
 
 def test_written_heatmap_and_polygons_stay_inside_the_raster_and_the_aoi(
@@ -238,3 +241,33 @@ def test_written_heatmap_and_polygons_stay_inside_the_raster_and_the_aoi(
     )
     with rasterio.open(inside.paths["heatmap"]) as out:
         np.testing.assert_allclose(out.bounds, aoi, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("epsg", "ring"),
+    [
+        # UTM 33N at 60 degrees north: a 40 km quadrilateral with long diagonal edges.
+        (32633, [(480000, 6650000), (520000, 6660000), (515000, 6700000), (470000, 6690000)]),
+        # UTM 60N across the antimeridian (longitudes from 178.9 E to 179.2 W).
+        (32660, [(700000, 1000000), (900000, 1000000), (900000, 1100000), (700000, 1100000)]),
+        # Antarctic polar stereographic: a square of 400 km around the South Pole.
+        (3031, [(-200000, -200000), (200000, -200000), (200000, 200000), (-200000, 200000)]),
+        # Web Mercator, a tilted quadrilateral at 55 degrees north.
+        (3857, [(1.0e6, 7.3e6), (1.2e6, 7.35e6), (1.15e6, 7.5e6), (0.95e6, 7.45e6)]),
+    ],
+)
+def test_polygon_areas_match_pyproj_geod(epsg: int, ring: list[tuple[float, float]]) -> None:
+    from pyproj import Geod
+    from rasterio.warp import transform as warp
+
+    crs = CRS.from_epsg(epsg)
+    polygon = shapely.Polygon(ring)
+    # The reference: edges cut into 50 m pieces, so geodesic and map-straight edges coincide.
+    fine = shapely.get_coordinates(shapely.segmentize(polygon, 50.0))
+    lon, lat = warp(crs, "EPSG:4326", fine[:, 0], fine[:, 1])
+    expected = abs(Geod(ellps="WGS84").polygon_area_perimeter(lon, lat)[0])
+    (area,) = polygon_areas([polygon], crs)
+    # Edges of 1 km: the trapezoid rule in longitude is coarsest around a pole.
+    np.testing.assert_allclose(area, expected, rtol=1e-5 if epsg == 3031 else 1e-6)
+    if epsg == 3031:
+        assert 1.5e11 < area < 1.7e11  # about the 400 km square, shrunk by the projection's scale

@@ -160,9 +160,7 @@ def test_eurosat_pixels_are_b04_b03_b02_scaled_to_3000(colour_model, tmp_path) -
     assert sorted(a.tobytes() for a in colour_model.seen) == expected
 
 
-def test_zeroshot_accuracy_and_confusion_match_a_direct_computation(
-    colour_model, tmp_path
-) -> None:
+def test_zeroshot_accuracy_and_confusion_match_a_direct_computation(colour_model, tmp_path) -> None:
     files = _fabricate_eurosat(tmp_path / "EuroSAT")
     templates = tmp_path / "templates.txt"
     templates.write_text("a satellite image of {}.\nan aerial view of some {} seen from far.\n")
@@ -295,19 +293,26 @@ def _fabricate_airslt(root: Path) -> np.ndarray:
     return image
 
 
-def _recipe_map(image: np.ndarray, query: str, model: ColourModel, scales) -> np.ndarray:
+def _recipe_map(
+    image: np.ndarray, query: str, model: ColourModel, scales, jpeg: bool = False
+) -> np.ndarray:
     """REFERENCE.md section 6's map, one window at a time, with the colour model's scores."""
     height, width = image.shape[:2]
     total, count = np.zeros((height, width)), np.zeros((height, width))
     text = model.encode_text([query])[0].numpy()
-    for x, y, s in sorted({(x, y, s) for s in scales for x, y in _windows(height, width, s)}):
+    for x, y, s in sorted(
+        {(x, y, size) for size in scales for x, y in _windows(height, width, size)}
+    ):
         crop = Image.fromarray(image[y : y + s, x : x + s]).resize((256, 256), Image.BICUBIC)
         score = float(model.encode_image(model.preprocess(crop)[None])[0].numpy() @ text)
         total[y : y + s, x : x + s] += score
         count[y : y + s, x : x + s] += 1
     mean = total / count
     p = (mean - mean.min()) / (mean.max() - mean.min())
-    return cv2.medianBlur(np.uint8(255 * p), 251).astype(np.float64) / 255
+    gray = cv2.medianBlur(np.uint8(255 * p), 251)
+    if jpeg:  # the authors save the map as JPEG (OpenCV's quality 95) and read it back
+        gray = cv2.imdecode(cv2.imencode(".jpg", gray)[1], cv2.IMREAD_GRAYSCALE)
+    return gray.astype(np.float64) / 255
 
 
 def _windows(height: int, width: int, s: int) -> set[tuple[int, int]]:
@@ -365,3 +370,186 @@ def test_selo_metrics_match_the_recipe_computed_here(colour_model, tmp_path) -> 
     assert result["reference"]["seconds_per_query"] == pytest.approx(
         np.mean([r["seconds"] for r in rows])
     )
+
+
+# --- smaller contracts the mutation run found untested -------------------------------------
+
+
+def test_template_families_take_the_right_article() -> None:
+    from dgtrs_geo.evaluation.templates import _with_article
+
+    # Called while the module loads (TEMPLATES), so it is checked directly as well.
+    assert _with_article("aerial image") == "an aerial image"
+    assert _with_article("remote sensing image") == "a remote sensing image"
+    assert _with_article("satellite image") == "a satellite image"
+
+
+def test_classification_metrics_edge_cases() -> None:
+    from dgtrs_geo.evaluation.zeroshot import classification_metrics
+
+    # One sample is enough, and a class with a single sample has its own accuracy.
+    one = classification_metrics(torch.tensor([[0.2, 0.9]]), torch.tensor([1]), ["a", "b"])
+    assert one == {"top1": 100.0, "per_class": {"b": 100.0}, "confusion": [[0, 0], [0, 1]]}
+    logits = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [1.0, 0.0, 0.0]])
+    mixed = classification_metrics(logits, torch.tensor([0, 1, 1, 2]), ["a", "b", "c"])
+    assert mixed["per_class"] == pytest.approx({"a": 100.0, "b": 50.0, "c": 0.0})
+    assert mixed["top1"] == pytest.approx(50.0)
+    message = r"labels must be non-empty class indices in \[0, 1\]$"
+    with pytest.raises(ValueError, match=message):
+        classification_metrics(torch.zeros(0, 2), torch.zeros(0), ["a", "b"])
+    with pytest.raises(ValueError, match=message):
+        classification_metrics(torch.zeros(1, 2), torch.tensor([-1]), ["a", "b"])
+
+
+def test_dataset_folders_are_found_in_either_spelling(tmp_path: Path) -> None:
+    from dgtrs_geo.evaluation.data import resolve_benchmarks
+
+    _fabricate_eurosat(tmp_path / "eurosat")  # lower-case, as some downloads unpack
+    (found,) = resolve_benchmarks("zeroshot", [], [str(tmp_path)])
+    assert found.name == "EuroSAT" and len(found.dataset) == 9
+    assert found.key.split("|")[1] == str(tmp_path / "eurosat")
+
+
+def test_missing_image_folder_names_its_root_and_the_layout(tmp_path: Path) -> None:
+    from torchgeo.datasets import DatasetNotFoundError
+
+    from dgtrs_geo.evaluation.data import load_benchmark
+
+    with pytest.raises(DatasetNotFoundError) as error:
+        load_benchmark("AID", str(tmp_path / "nowhere"))
+    assert str(tmp_path / "nowhere") in str(error.value)
+    assert error.value.__notes__ == [
+        "AID and ImageFolder datasets need one sub-folder of images per class"
+    ]
+
+
+def test_evaluate_selo_jpeg_roundtrip_both_modes_figures_and_progress(
+    colour_model, tmp_path, capsys, monkeypatch
+) -> None:
+    from dgtrs_geo.evaluation import runner
+    from dgtrs_geo.evaluation.data import load_benchmark
+    from dgtrs_geo.evaluation.runner import EvaluationSettings, evaluate_selo
+    from dgtrs_geo.evaluation.selo import selo_metrics
+    from dgtrs_geo.localization import fast_probability_map
+
+    image = _fabricate_airslt(tmp_path / "AIRSLT")
+    drawn = []
+    plot = runner.plot_selo_maps
+
+    def spy(*args, **kwargs):
+        drawn.append(args)
+        return plot(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "plot_selo_maps", spy)
+    data = load_benchmark("AIRSLT", str(tmp_path / "AIRSLT"))
+    settings = EvaluationSettings(
+        selo_scales=(96, 192), jpeg_roundtrip=True, figures_dir=tmp_path / "figures",
+        selo_figures=2, progress=True,
+    )  # fmt: skip
+    result = evaluate_selo(colour_model, data, settings)
+    assert list(result) == ["reference", "fast"]
+    maps = {
+        "reference": [_recipe_map(image, q, colour_model, (96, 192), jpeg=True) for q, _ in SELO_QUERIES],
+        # The fast map is checked against a brute-force mean in test_oracle_localization.py.
+        "fast": [fast_probability_map(image, q, colour_model, (96, 192)) for q, _ in SELO_QUERIES],
+    }  # fmt: skip
+    for mode, mode_maps in maps.items():
+        for (query, box), prob_map, row in zip(
+            SELO_QUERIES, mode_maps, result[mode]["samples"], strict=True
+        ):
+            x0, y0, x1, y1 = box
+            polygon = np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], float)
+            expected = selo_metrics(prob_map, [polygon])
+            assert {k: row[k] for k in expected} == pytest.approx(expected, abs=1e-6), (mode, query)
+            assert (row["jpg_name"], row["caption"]) == ("scene_1.jpg", query)
+            assert 0 < row["seconds"] < 600
+        assert [r["index"] for r in result[mode]["samples"]] == [0, 1, 2]
+    # Two figures (selo_figures), named after the model when no label is given.
+    assert sorted(p.name for p in (tmp_path / "figures").iterdir()) == [
+        "selo-AIRSLT-colour-v1-000.png", "selo-AIRSLT-colour-v1-001.png"
+    ]  # fmt: skip
+    assert len(drawn) == 2
+    for (query, _), (picture, drawn_maps, polygons, caption) in zip(
+        SELO_QUERIES[:2], drawn, strict=True
+    ):
+        np.testing.assert_array_equal(picture, image)
+        assert caption == query and len(polygons) == 1 and list(drawn_maps) == ["reference", "fast"]
+    np.testing.assert_allclose(drawn[0][1]["reference"], maps["reference"][0], atol=1e-6)
+    np.testing.assert_allclose(drawn[1][1]["fast"], maps["fast"][1], atol=1e-6)
+    assert "AIRSLT queries" in capsys.readouterr().err
+    quiet = EvaluationSettings(selo_scales=(96, 192), selo_modes=("fast",), progress=False)
+    evaluate_selo(colour_model, data, quiet)
+    assert "AIRSLT queries" not in capsys.readouterr().err
+
+
+def test_selo_without_the_localization_module_says_so(monkeypatch) -> None:
+    import sys
+
+    from dgtrs_geo.evaluation.runner import _map_functions
+
+    monkeypatch.setitem(sys.modules, "dgtrs_geo.localization.reference", None)
+    with pytest.raises(RuntimeError, match=r"^SeLo needs dgtrs_geo.localization.reference, which"):
+        _map_functions(("reference",))
+
+
+def test_embeddings_are_cached_atomically_and_read_back(
+    colour_model, tmp_path, monkeypatch
+) -> None:
+    import hashlib
+
+    monkeypatch.setenv("DGTRS_GEO_CACHE", str(tmp_path / "cache"))  # not there yet
+    root = tmp_path / "EuroSAT"
+    _fabricate_eurosat(root)
+    saved: list[Path] = []
+    save = torch.save
+
+    def spy(payload, path, *args, **kwargs):
+        saved.append(Path(path))
+        return save(payload, path, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", spy)
+    args = ["evaluate", "zeroshot", "--model", "colour", "--dataset", "EuroSAT", "--root"]
+    args += [str(root), "--device", "cpu", "--no-progress"]
+    assert main([*args, "-o", str(tmp_path / "a")]) == 0
+    # One file per model and dataset key (name, root, split, size), written under a temporary
+    # name in the same folder and renamed.
+    key = f"1|EuroSAT|{root}|all|9"
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    folder = tmp_path / "cache" / "embeddings" / "colour-v1"
+    assert sorted(p.name for p in folder.iterdir()) == [f"EuroSAT-{digest}.pt"]
+    (temporary,) = saved
+    assert temporary.parent == folder and temporary.name.endswith(".partial")
+    cached = torch.load(folder / f"EuroSAT-{digest}.pt", weights_only=True)
+    assert (
+        cached["image"].shape == (9, 3)
+        and sorted(cached["label"].tolist()) == [0] * 3 + [1] * 3 + [2] * 3
+    )
+    # Read back: no image is encoded again, and the numbers are the same.
+    colour_model.record = True
+    assert main([*args, "-o", str(tmp_path / "b")]) == 0
+    assert colour_model.seen == []
+    first, again = (
+        json.loads((tmp_path / d / "results.json").read_text())["results"]["colour"]
+        for d in ("a", "b")
+    )
+    assert first == again
+    # Another key (the first 4 samples) is another file in the same folder.
+    assert main([*args, "--limit", "4", "-o", str(tmp_path / "c")]) == 0
+    assert len(list(folder.iterdir())) == 2 and len(colour_model.seen) == 4
+
+
+def test_a_failed_cache_write_leaves_no_file(colour_model, tmp_path, monkeypatch) -> None:
+    from dgtrs_geo.evaluation.data import load_benchmark
+    from dgtrs_geo.evaluation.embeddings import encode_benchmark
+
+    _fabricate_eurosat(tmp_path / "EuroSAT")
+    data = load_benchmark("EuroSAT", str(tmp_path / "EuroSAT"))
+
+    def full_disk(payload, path, *args, **kwargs):
+        Path(path).write_bytes(b"half")
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        encode_benchmark(colour_model, data, cache_dir=tmp_path / "cache", progress=False)
+    assert [p for p in (tmp_path / "cache").rglob("*") if p.is_file()] == []

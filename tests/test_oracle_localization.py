@@ -197,7 +197,9 @@ def test_polygons_scores_and_four_connectivity() -> None:
 def test_polygon_areas_are_geodesic_square_metres(crs: str, transform: Affine) -> None:
     frame = heatmap_polygons(GRID, transform, CRS.from_string(crs), 0.5)
     assert frame.crs == CRS.from_string(crs)
-    for name, area, geometry in zip(("A", "B2", "B1", "C"), frame["area"], frame.geometry):
+    for name, area, geometry in zip(
+        ("A", "B2", "B1", "C"), frame["area"], frame.geometry, strict=True
+    ):
         expected = _geodesic_area(_cell_union(CELLS[name], transform), crs)
         assert geometry.equals(_cell_union(CELLS[name], transform))
         assert area == pytest.approx(expected, rel=1e-5), name

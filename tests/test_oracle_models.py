@@ -102,7 +102,9 @@ def test_sha256_mismatch_is_refused_and_leaves_nothing(server, tmp_path, monkeyp
     (tmp_path / "served" / "weights.pt").write_bytes(b"not the published bytes" * 1000)
     published = hashlib.sha256(b"the published bytes").hexdigest()
     entry = _entry(server, "weights.pt", published)
-    with pytest.raises(WeightsUnavailableError, match=f"sha256 [0-9a-f]{{64}} != published {published}"):
+    with pytest.raises(
+        WeightsUnavailableError, match=f"sha256 [0-9a-f]{{64}} != published {published}"
+    ):
         download_weights(entry, progress=False)
     assert server.requests == ["/weights.pt"]
     assert not (tmp_path / "cache" / "models").exists() or not any(

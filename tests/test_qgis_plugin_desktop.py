@@ -24,7 +24,6 @@ import rasterio
 
 pytestmark = [pytest.mark.qgis, pytest.mark.slow]
 
-ROOT = Path(__file__).resolve().parents[1]
 DRIVER = Path(__file__).parent / "data" / "qgis" / "one_click.py"
 QUERIES = ["a lake surrounded by dense forest", "snow-covered mountain peaks"]
 
@@ -69,17 +68,17 @@ def desktop_run(tmp_path_factory, tiny_checkpoint):
     if pictures:
         shutil.copyfile(shots / "qgis-setup.png", Path(pictures) / "qgis-setup.png")
         shutil.copyfile(shots / "qgis-desktop.png", Path(pictures) / "qgis-dock.png")
-    return report, profile, shots
+    return report, profile, shots, plugin_zip
 
 
 def test_the_worker_does_not_start_with_qgis_or_the_dock(desktop_run) -> None:
-    report, _, _ = desktop_run
+    report = desktop_run[0]
     assert report["worker_at_start"] is False
     assert report["worker_after_setup"] is False
 
 
 def test_one_click_setup_installs_the_zips_engine_without_downloading_torch(desktop_run) -> None:
-    report, profile, _ = desktop_run
+    report, profile, _, plugin_zip = desktop_run
     venv = profile / "dgtrs_geo" / "venv"
     assert report["state_before"] == "not created yet"
     assert report["state_after"] == f"ready: {venv}"
@@ -90,9 +89,15 @@ def test_one_click_setup_installs_the_zips_engine_without_downloading_torch(desk
     assert "[4/4] install the dgtrs-geo engine" in log
     assert "engine/dgtrs_geo-0.1.0-py3-none-any.whl" in log
     assert "Requirement already satisfied: torch" in log and "Downloading torch" not in log
-    # The engine lives in the venv itself (from the wheel), not borrowed from the base.
+    # The engine lives in the venv itself, from the zip's wheel, not borrowed from the base.
     installed = venv / "lib" / "python3.11" / "site-packages" / "dgtrs_geo" / "worker.py"
-    assert installed.read_bytes() == (ROOT / "dgtrs_geo" / "worker.py").read_bytes()
+    wheel = zipfile.ZipFile(plugin_zip).read(
+        "dgtrs_geo_qgis/engine/dgtrs_geo-0.1.0-py3-none-any.whl"
+    )
+    (profile / "engine.whl").write_bytes(wheel)
+    assert installed.read_bytes() == zipfile.ZipFile(profile / "engine.whl").read(
+        "dgtrs_geo/worker.py"
+    )
     assert report["worker_python"] == str(venv / "bin" / "python")
     steps = [
         line for line in log.splitlines() if line.startswith(("[", "(step done", "Backend set"))
@@ -101,7 +106,7 @@ def test_one_click_setup_installs_the_zips_engine_without_downloading_torch(desk
 
 
 def test_queries_from_the_dock_succeed_and_the_second_is_warm(desktop_run) -> None:
-    report, _, _ = desktop_run
+    report = desktop_run[0]
     first, second = report["runs"]
     for run in (first, second):
         assert run["status"].startswith("Done in"), run["status"]
@@ -125,7 +130,7 @@ def test_queries_from_the_dock_succeed_and_the_second_is_warm(desktop_run) -> No
 
 def test_screenshot_shows_the_heatmap_only_where_scores_are_high(desktop_run) -> None:
     """Canvas pixels under low scores are the imagery's own; under high scores, coloured."""
-    report, _, shots = desktop_run
+    report, _, shots, _ = desktop_run
     samples = np.array(report["samples"], dtype=np.float64)
     values, plain, shown = samples[:, 0], samples[:, 1], samples[:, 2]
     low, high = values < 0.45, values > 0.6

@@ -109,12 +109,15 @@ def test_ready_ping_and_diagnostics(worker: _Lines) -> None:
     assert ready["result"]["version"] == dgtrs_geo.__version__ and ready["result"]["protocol"] == 2
     assert ready["result"]["options"] == LocalizationOptions().to_json()
     assert ready["result"]["options"]["scales"] == [256, 512, 768]
+    # What the dock counts a query against before any model is loaded: DGTRS-CLIP's context.
+    assert ready["result"]["context_length"] == 248
     worker.send("1", "ping")
     assert worker.out.wait_for("1")["result"]["version"] == ready["result"]["version"]
     worker.send("2", "diagnostics")
     diag = worker.out.wait_for("2")["result"]
     assert diag["device"] == "cpu" and diag["cuda_available"] is False
-    assert diag["model_cache"].endswith("cache")
+    # The folder models download to: the one cache location's "models" part.
+    assert Path(diag["model_cache"]) == Path(os.environ["DGTRS_GEO_CACHE"]) / "models"
     assert diag["models_loaded"] == [] and diag["indexes_warm"] == 0
 
 

@@ -7,6 +7,7 @@ scores each pair). Answers come from any OpenAI-compatible server or a local tra
 """
 
 from .backends import (
+    BackendUnavailableError,
     FatalBackendError,
     ItemError,
     OpenAIBackend,
@@ -17,17 +18,27 @@ from .budget import count_clip_tokens, cut_to_budget
 from .config import STEPS, CaptionConfig, StepSettings, load_config
 from .masks import describe_layout, layout_of, read_class_table, read_mask
 from .prompts import load_prompt
-from .runner import RunSummary, run_captions, run_step
-from .sources import Item, read_image_folder, read_items, read_manifest, with_masks
+from .runner import RunStoppedError, RunSummary, run_captions, run_step
+from .sources import (
+    Item,
+    MissingInputError,
+    read_image_folder,
+    read_items,
+    read_manifest,
+    with_masks,
+)
 
 __all__ = [
     "STEPS",
+    "BackendUnavailableError",
     "CaptionConfig",
     "FatalBackendError",
     "Item",
     "ItemError",
+    "MissingInputError",
     "OpenAIBackend",
     "RetryableError",
+    "RunStoppedError",
     "RunSummary",
     "StepSettings",
     "TransformersBackend",

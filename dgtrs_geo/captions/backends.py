@@ -15,10 +15,12 @@ from typing import Any, Protocol
 
 import requests
 
+from ..errors import InputError
 from .config import CaptionConfig
 
 __all__ = [
     "Backend",
+    "BackendUnavailableError",
     "FatalBackendError",
     "ItemError",
     "OpenAIBackend",
@@ -50,6 +52,10 @@ class ItemError(Exception):
 
 class FatalBackendError(Exception):
     """A failure no item can get past (bad URL, refused key, unknown model): the run stops."""
+
+
+class BackendUnavailableError(InputError, ImportError):
+    """The chosen backend cannot run here: a package it needs is missing, or its model is."""
 
 
 class Backend(Protocol):
@@ -194,13 +200,19 @@ class TransformersBackend:
         try:
             import transformers
         except ImportError as error:
-            raise ImportError(
+            raise BackendUnavailableError(
                 "the 'transformers' caption backend needs the transformers package: "
                 "pip install 'transformers>=4.49' accelerate   (or use backend: openai with a "
                 "vLLM or Ollama server)"
             ) from error
         self.model_name = model
-        self._processor = transformers.AutoProcessor.from_pretrained(model)
+        try:
+            self._processor = transformers.AutoProcessor.from_pretrained(model)
+        except OSError as error:  # transformers' way of saying "no such repo or folder"
+            raise BackendUnavailableError(
+                f"cannot load the caption model {model!r}: {error}. Give a Hugging Face repo id "
+                "or a local model folder"
+            ) from error
         # "auto" spreads the model over the GPUs (needs accelerate); a named device needs not
         placement = {"device_map": "auto"} if device == "auto" else {}
         try:
@@ -273,4 +285,4 @@ def make_backend(config: CaptionConfig, step: str) -> Backend:
             )
         case "transformers":
             return TransformersBackend(config.step(step).model, device=config.device)
-    raise ValueError(f"unknown caption backend {config.backend!r}")
+    raise InputError(f"unknown caption backend {config.backend!r}")

@@ -14,7 +14,9 @@ from typing import Any
 
 import yaml
 
+from ..errors import InputError
 from ..tokens import DGTRS_CONTEXT_LENGTH
+from .sources import MissingInputError
 
 __all__ = ["STEPS", "CaptionConfig", "StepSettings", "load_config"]
 
@@ -104,17 +106,18 @@ class CaptionConfig:
 
     def __post_init__(self) -> None:
         if self.backend not in ("openai", "transformers"):
-            raise ValueError(f"backend must be 'openai' or 'transformers', got {self.backend!r}")
+            raise InputError(f"backend must be 'openai' or 'transformers', got {self.backend!r}")
         if self.overflow not in ("retry", "cut"):
-            raise ValueError(f"overflow must be 'retry' or 'cut', got {self.overflow!r}")
+            raise InputError(f"overflow must be 'retry' or 'cut', got {self.overflow!r}")
         for name in ("concurrency", "max_attempts", "token_budget", "image_max_side"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.timeout <= 0:
-            raise ValueError(f"timeout must be positive, got {self.timeout}")
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise InputError(f"{name} must be a whole number of at least 1, got {value!r}")
+        if not isinstance(self.timeout, int | float) or not self.timeout > 0:
+            raise InputError(f"timeout must be a positive number of seconds, got {self.timeout!r}")
         unknown = set(self.steps) - set(STEPS)
         if unknown:
-            raise ValueError(f"unknown step(s) {sorted(unknown)} in config; steps are {STEPS}")
+            raise InputError(f"unknown step(s) {sorted(unknown)} in config; steps are {STEPS}")
 
     def api_key(self) -> str | None:
         """Return the API key from the environment, or None when the variable is unset or empty."""
@@ -123,7 +126,7 @@ class CaptionConfig:
     def step(self, name: str) -> StepSettings:
         """Return the settings of step ``name``."""
         if name not in STEPS:
-            raise ValueError(f"unknown step {name!r}; steps are {STEPS}")
+            raise InputError(f"unknown step {name!r}; steps are {STEPS}")
         return self.steps[name]
 
 
@@ -131,7 +134,7 @@ def _check_keys(given: dict[str, Any], cls: type, where: str) -> None:
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = set(given) - known
     if unknown:
-        raise ValueError(
+        raise InputError(
             f"unknown key(s) {sorted(unknown)} in {where}; known keys are {sorted(known)}"
         )
 
@@ -151,24 +154,29 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> CaptionConf
         The validated config.
 
     Raises:
-        FileNotFoundError: if ``path`` does not exist.
-        ValueError: on unknown keys or invalid values.
+        MissingInputError: if ``path`` does not exist (a ``FileNotFoundError`` too).
+        InputError: if the file is not YAML or JSON, on unknown keys or invalid values.
 
     """
     data: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"caption config {path} does not exist")
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            raise MissingInputError(f"caption config {path} does not exist")
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as error:
+            raise InputError(f"caption config {path} is not YAML or JSON: {error}") from error
         if not isinstance(data, dict):
-            raise ValueError(f"caption config {path} must be a mapping of settings")
+            raise InputError(f"caption config {path} must be a mapping of settings")
     data.update({k: v for k, v in overrides.items() if v is not None})
     _check_keys(data, CaptionConfig, "caption config")
     steps = _default_steps()
     for name, section in (data.pop("steps", None) or {}).items():
         if name not in STEPS:
-            raise ValueError(f"unknown step {name!r} in caption config; steps are {STEPS}")
+            raise InputError(f"unknown step {name!r} in caption config; steps are {STEPS}")
+        if not isinstance(section, dict):
+            raise InputError(f"steps.{name} in caption config must be a mapping of settings")
         _check_keys(section, StepSettings, f"steps.{name}")
         steps[name] = dataclasses.replace(steps[name], **section)
     return CaptionConfig(**data, steps=steps)

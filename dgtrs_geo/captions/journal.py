@@ -14,6 +14,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..errors import InputError, OutputError
+
 __all__ = ["Journal"]
 
 
@@ -24,15 +26,22 @@ class Journal:
         path: the JSONL file; created (with its folder) if missing.
 
     Raises:
-        ValueError: if an existing complete line is not a JSON object with an ``id``: the file
+        InputError: if an existing complete line is not a JSON object with an ``id``: the file
             is not a journal of this pipeline, and appending to it would mix two things.
+        OutputError: if the file or its folder cannot be created or written.
 
     """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.repaired_bytes = self._repair()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.repaired_bytes = self._repair()
+        except OSError as error:
+            raise OutputError(
+                f"cannot write the output {self.path} ({error.strerror or error}): choose a "
+                "writable location"
+            ) from error
         self.done: set[str] = set()
         with self.path.open(encoding="utf-8") as lines:
             for number, line in enumerate(lines, start=1):
@@ -40,7 +49,7 @@ class Journal:
                     row = json.loads(line)
                     self.done.add(str(row["id"]))
                 except (json.JSONDecodeError, KeyError, TypeError):
-                    raise ValueError(
+                    raise InputError(
                         f"{self.path}:{number} is not a row of a caption run; "
                         "write to a new output file"
                     ) from None

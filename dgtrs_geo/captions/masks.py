@@ -17,6 +17,9 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from ..errors import InputError
+from .sources import MissingInputError
+
 __all__ = ["ClassLayout", "describe_layout", "layout_of", "read_class_table", "read_mask"]
 
 _GRID = (
@@ -66,7 +69,7 @@ def read_mask(path: str | Path) -> np.ndarray:
         The label ids, shape ``(H, W)``.
 
     Raises:
-        ValueError: if the file has more than one band.
+        InputError: if the file has more than one band (a ``ValueError`` too).
 
     """
     path = Path(path)
@@ -75,7 +78,7 @@ def read_mask(path: str | Path) -> np.ndarray:
 
         with rasterio.open(path) as src:
             if src.count != 1:
-                raise ValueError(f"mask {path} has {src.count} bands; a label mask has one")
+                raise InputError(f"mask {path} has {src.count} bands; a label mask has one")
             return src.read(1)
     from PIL import Image
 
@@ -83,7 +86,7 @@ def read_mask(path: str | Path) -> np.ndarray:
         # palette ("P") masks keep their indices, which are the class ids
         array = np.asarray(image)
     if array.ndim != 2:
-        raise ValueError(f"mask {path} has shape {array.shape}; a label mask has one band")
+        raise InputError(f"mask {path} has shape {array.shape}; a label mask has one band")
     return array
 
 
@@ -94,24 +97,35 @@ def read_class_table(path: str | Path) -> dict[int, str]:
     ``{"1": "building", ...}`` or JSON list ``["background", "building", ...]`` (index = id).
 
     Raises:
-        ValueError: if the file cannot be read as a class table.
+        MissingInputError: if the file does not exist (a ``FileNotFoundError`` too).
+        InputError: if the file cannot be read as a class table (a ``ValueError`` too).
 
     """
     path = Path(path)
-    text = path.read_text(encoding="utf-8")
+    if not path.is_file():
+        raise MissingInputError(f"class table {path} does not exist")
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = json.loads(text) if path.suffix.lower() == ".json" else None
+    except ValueError as error:  # not UTF-8, not JSON
+        raise InputError(f"class table {path} cannot be read: {error}") from error
     if path.suffix.lower() == ".json":
-        data = json.loads(text)
+        if not isinstance(data, list | dict):
+            raise InputError(f"class table {path} must hold a JSON object or list of class names")
         items = enumerate(data) if isinstance(data, list) else data.items()
-        return {int(k): str(v) for k, v in items}
+        try:
+            return {int(k): str(v) for k, v in items}
+        except ValueError:
+            raise InputError(f"class table {path}: its keys must be label ids (numbers)") from None
     table: dict[int, str] = {}
     for row in csv.reader(text.splitlines()):
         if not row or row[0].strip().lower() in ("id", "value", "label"):
             continue
-        if len(row) < 2:
-            raise ValueError(f"class table {path}: row {row} needs an id and a name")
+        if len(row) < 2 or not row[0].strip().isdigit():
+            raise InputError(f"class table {path}: row {row} needs an id (a number) and a name")
         table[int(row[0])] = row[1].strip()
     if not table:
-        raise ValueError(f"class table {path} lists no classes")
+        raise InputError(f"class table {path} lists no classes")
     return table
 
 

@@ -13,6 +13,9 @@ import string
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import InputError
+from .sources import MissingInputError
+
 __all__ = ["PROMPT_DIR", "Prompt", "load_prompt"]
 
 PROMPT_DIR = Path(__file__).parent / "prompts"
@@ -46,7 +49,7 @@ class Prompt:
         """Return the (system, user) texts with ``fields`` filled in.
 
         Raises:
-            ValueError: if the prompt uses a field that is not given.
+            InputError: if the prompt uses a field that is not given (a ``ValueError`` too).
 
         """
         try:
@@ -55,7 +58,7 @@ class Prompt:
                 string.Template(self.user).substitute(fields),
             )
         except KeyError as error:
-            raise ValueError(
+            raise InputError(
                 f"prompt {self.name} needs field {error.args[0]!r}; given {sorted(fields)}"
             ) from None
 
@@ -73,19 +76,20 @@ def load_prompt(step: str, version: str = "v1", directory: str | Path | None = N
         The prompt.
 
     Raises:
-        FileNotFoundError: if there is no such prompt file (the message lists the ones there are).
-        ValueError: if the file lacks a ``[system]`` or ``[user]`` section.
+        MissingInputError: if there is no such prompt file (the message lists the ones there are;
+            a ``FileNotFoundError`` too).
+        InputError: if the file lacks a ``[system]`` or ``[user]`` section.
 
     """
     directory = Path(directory) if directory is not None else PROMPT_DIR
     path = directory / f"{step}-{version}.txt"
     if not path.is_file():
         have = sorted(p.stem for p in directory.glob(f"{step}-*.txt"))
-        raise FileNotFoundError(f"no prompt file {path}; prompts for {step!r}: {have}")
+        raise MissingInputError(f"no prompt file {path}; prompts for {step!r}: {have}")
     parts = _SECTION.split(path.read_text(encoding="utf-8"))
     # split() gives [preamble, name, body, name, body, ...]
     sections = {name: body.strip() for name, body in zip(parts[1::2], parts[2::2], strict=True)}
     missing = {"system", "user"} - set(sections)
     if missing:
-        raise ValueError(f"prompt file {path} lacks section(s) {sorted(missing)}")
+        raise InputError(f"prompt file {path} lacks section(s) {sorted(missing)}")
     return Prompt(step=step, version=version, system=sections["system"], user=sections["user"])

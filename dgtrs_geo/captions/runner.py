@@ -25,6 +25,7 @@ from typing import Any, TextIO
 
 from tqdm.auto import tqdm
 
+from ..errors import InputError
 from .backends import Backend, FatalBackendError, ItemError, Message, RetryableError, make_backend
 from .config import CaptionConfig
 from .journal import Journal
@@ -33,7 +34,18 @@ from .prompts import load_prompt
 from .sources import Item, read_items, read_user_features, with_masks
 from .steps import MalformedOutput, Step, make_step
 
-__all__ = ["RunSummary", "failed_path", "manifest_row", "run_captions", "run_step"]
+__all__ = [
+    "RunStoppedError",
+    "RunSummary",
+    "failed_path",
+    "manifest_row",
+    "run_captions",
+    "run_step",
+]
+
+
+class RunStoppedError(InputError, RuntimeError):
+    """The backend refused every item (wrong URL, key or model); the rows written so far stay."""
 
 
 @dataclass
@@ -238,8 +250,8 @@ def run_step(
         The run's summary.
 
     Raises:
-        RuntimeError: if the backend fails in a way no item can get past (e.g. a wrong URL or
-            key); rows written until then stay in the output.
+        RunStoppedError: if the backend fails in a way no item can get past (e.g. a wrong URL or
+            key); rows written until then stay in the output (a ``RuntimeError`` too).
 
     """
     config_step = make_step(
@@ -303,7 +315,7 @@ def run_step(
                         summary.failed += 1
                     bar.update(1)
         except FatalBackendError as error:
-            raise RuntimeError(f"{step} step stopped: {error}") from error
+            raise RunStoppedError(f"{step} step stopped: {error}") from error
         finally:
             asker.stop()
             pool.shutdown(wait=True, cancel_futures=True)
@@ -357,7 +369,7 @@ def run_captions(
 
     """
     if Path(source).resolve() == Path(output).resolve():
-        raise ValueError(f"the output {output} is the input; write to a new file")
+        raise InputError(f"the output {output} is the input; write to a new file")
     if rasters is not None:
         items = read_user_features(
             rasters,

@@ -13,9 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..errors import InputError
+
 __all__ = [
     "IMAGE_SUFFIXES",
     "Item",
+    "MissingInputError",
     "read_image_folder",
     "read_items",
     "read_manifest",
@@ -24,6 +27,10 @@ __all__ = [
 ]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".bmp")
+
+
+class MissingInputError(InputError, FileNotFoundError):
+    """A file or folder a caption run names (manifest, images, masks, config, prompt) is missing."""
 
 
 @dataclass
@@ -49,7 +56,7 @@ def _check_unique(items: list[Item], where: Path) -> list[Item]:
     seen: dict[str, int] = {}
     for index, item in enumerate(items):
         if item.id in seen:
-            raise ValueError(
+            raise InputError(
                 f"{where}: items {seen[item.id]} and {index} share the id {item.id!r}; "
                 "give each row a unique 'id' key"
             )
@@ -63,13 +70,13 @@ def read_manifest(path: str | Path) -> list[Item]:
     Relative ``image`` (and ``mask``) paths are resolved against the manifest's folder.
 
     Raises:
-        FileNotFoundError: if the manifest does not exist.
-        ValueError: on a line that is not a JSON object with ``image``, or on duplicate ids.
+        MissingInputError: if the manifest does not exist (a ``FileNotFoundError`` too).
+        InputError: on a line that is not a JSON object with ``image``, or on duplicate ids.
 
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"manifest {path} does not exist")
+        raise MissingInputError(f"manifest {path} does not exist")
     items = []
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
@@ -77,9 +84,9 @@ def read_manifest(path: str | Path) -> list[Item]:
         try:
             row = json.loads(line)
         except json.JSONDecodeError as error:
-            raise ValueError(f"{path}:{number}: not valid JSON ({error})") from None
+            raise InputError(f"{path}:{number}: not valid JSON ({error})") from None
         if not isinstance(row, dict) or not isinstance(row.get("image"), str):
-            raise ValueError(
+            raise InputError(
                 f"{path}:{number}: a manifest row is a JSON object with an 'image' path"
             )
         row = dict(row)
@@ -105,12 +112,12 @@ def read_image_folder(folder: str | Path) -> list[Item]:
     """Read every image under ``folder``; a sidecar ``<name>.txt`` holds its short caption.
 
     Raises:
-        FileNotFoundError: if the folder does not exist or holds no image.
+        MissingInputError: if the folder does not exist or holds no image.
 
     """
     folder = Path(folder)
     if not folder.is_dir():
-        raise FileNotFoundError(f"image folder {folder} does not exist")
+        raise MissingInputError(f"image folder {folder} does not exist")
     items = []
     for image in _images_under(folder):
         sidecar = image.with_suffix(".txt")
@@ -123,7 +130,7 @@ def read_image_folder(folder: str | Path) -> list[Item]:
             )
         )
     if not items:
-        raise FileNotFoundError(f"no image ({', '.join(IMAGE_SUFFIXES)}) under {folder}")
+        raise MissingInputError(f"no image ({', '.join(IMAGE_SUFFIXES)}) under {folder}")
     return items
 
 
@@ -144,7 +151,7 @@ def with_masks(items: list[Item], masks: str | Path, images: str | Path) -> list
         images: the folder the items were read from.
 
     Raises:
-        FileNotFoundError: if an image has no mask (the message names the first few).
+        MissingInputError: if an image has no mask (the message names the first few).
 
     """
     masks, images = Path(masks), Path(images).resolve()
@@ -157,7 +164,7 @@ def with_masks(items: list[Item], masks: str | Path, images: str | Path) -> list
         else:
             missing.append(stem)
     if missing:
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"{len(missing)} image(s) have no mask with the same name under {masks}: {missing[:5]}"
         )
     return items

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..errors import InputError
 from .backends import ItemError, Message
 from .budget import count_clip_tokens, cut_to_budget, words_for_budget
 from .config import CaptionConfig, StepSettings
@@ -259,11 +260,11 @@ def make_step(
     """Return the step of ``prompt`` with its settings from ``config``.
 
     Raises:
-        ValueError: for the masks step without a class table.
+        InputError: for the masks step without a class table (a ``ValueError`` too).
 
     """
     if prompt.step == "masks" and not classes:
-        raise ValueError(
+        raise InputError(
             "the masks step needs a class table (id -> name), e.g. --classes classes.csv"
         )
     return Step(prompt, config.step(prompt.step), config, dict(classes or {}), tuple(ignore))

@@ -70,7 +70,6 @@ class Catalog:
         devices: int | None = None,
         num_nodes: int = 1,
         strategy: str = "auto",
-        ann: bool | None = None,
         progress: ProgressFn | None = None,
         **option_keywords: Any,
     ) -> Catalog:
@@ -94,7 +93,6 @@ class Catalog:
             devices: processes per node for Lightning (GPUs); default one.
             num_nodes: machines for Lightning.
             strategy: Lightning strategy (``"ddp"`` for several devices or nodes).
-            ann: build the ANN index (default: for catalogs of 100,000 windows or more).
             progress: called with ``(fraction, message)``.
             **option_keywords: :class:`LocalizationOptions` fields: ``scales``, ``scale_unit``,
                 ``bands``, ``stretch``, ``min_valid``, ``batch_size``, ``num_workers``,
@@ -116,7 +114,6 @@ class Catalog:
             devices=devices,
             num_nodes=num_nodes,
             strategy=strategy,
-            ann=ann,
             progress=progress,
             **option_keywords,
         )
@@ -126,12 +123,10 @@ class Catalog:
             catalog._model = model
         return catalog
 
-    def finalize(
-        self, *, ann: bool | None = None, progress: ProgressFn | None = None
-    ) -> FinalizeSummary:
+    def finalize(self, *, progress: ProgressFn | None = None) -> FinalizeSummary:
         """Consolidate every verified part for search (after the shards of an array job)."""
         self._index = None
-        return finalize(self.store.root, ann=ann, progress=progress)
+        return finalize(self.store.root, progress=progress)
 
     @property
     def index(self) -> SearchIndex:
@@ -232,7 +227,7 @@ class Catalog:
             frames.append(hits_frame(index, text, scores, ids))
         hits = gpd.GeoDataFrame(pd.concat(frames, ignore_index=True), crs="EPSG:4326")
         hits = hits[[*RESULT_COLUMNS, "geometry"]]
-        if heatmaps:
+        if heatmaps and out_dir is not None:
             from .heatmaps import localize_scenes
 
             hits = localize_scenes(index, hits, loaded, self.store.options, heatmaps, out_dir)

@@ -80,7 +80,7 @@ class BuildSummary:
         if self.finalized is not None:
             lines.append(
                 f"  searchable {self.finalized.scenes:>7} scenes, {self.finalized.rows} windows"
-                + (" (ANN index)" if self.finalized.ann else " (exact search)")
+                + (" (FAISS IVF-PQ index)" if self.finalized.ann == "ivfpq" else " (exact search)")
             )
         elif count > 1:
             lines.append(f"  after every shard: dgtrs-geo catalog finalize {self.root}")
@@ -108,7 +108,6 @@ def build_catalog(
     devices: int | None = None,
     num_nodes: int = 1,
     strategy: str = "auto",
-    ann: bool | None = None,
     progress: ProgressFn | None = None,
     **option_keywords,
 ) -> BuildSummary | None:
@@ -130,6 +129,7 @@ def build_catalog(
         source = str(model)  # a registry name
     # Models given by name load on the CPU; Lightning moves them to each rank's device.
     model = resolve_model(model, "cpu")
+    options.validate(model)  # pixel sizes under the model's patch are refused before any work
     store = CatalogStore.create_or_open(
         root, model_id=model.model_id, model=source, dim=_embedding_dim(model), options=options
     )
@@ -149,5 +149,5 @@ def build_catalog(
         return None
     summary = BuildSummary(store.root, (shard_index, shard_count), outcomes, source_failures)
     if shard_count == 1:
-        summary.finalized = finalize(store.root, ann=ann, progress=progress)
+        summary.finalized = finalize(store.root, progress=progress)
     return summary

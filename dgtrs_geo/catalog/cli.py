@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from collections.abc import Callable
 
 __all__ = ["add_catalog_command"]
@@ -73,18 +74,8 @@ def _add_index(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--devices", type=int, help="Lightning devices (GPUs) per node (default 1)")
     p.add_argument("--num-nodes", type=int, default=1, help="Lightning nodes (default 1)")
     p.add_argument("--strategy", default="auto", help="Lightning strategy, e.g. ddp")
-    _add_ann(p)
     p.add_argument("--json", action="store_true", help="also print the summary as JSON")
     _add_options(p)
-
-
-def _add_ann(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--ann", choices=("auto", "yes", "no"), default="auto",
-                   help="build the ANN index: auto from 100,000 windows (default)")  # fmt: skip
-
-
-def _ann(args: argparse.Namespace) -> bool | None:
-    return {"auto": None, "yes": True, "no": False}[args.ann]
 
 
 def _progress():  # noqa: ANN202
@@ -123,7 +114,6 @@ def _run_index(args: argparse.Namespace) -> int:
             devices=args.devices,
             num_nodes=args.num_nodes,
             strategy=args.strategy,
-            ann=_ann(args),
             progress=update,
             **given,
         )
@@ -147,7 +137,6 @@ def _add_finalize(sub: argparse._SubParsersAction) -> None:
         help="consolidate every part for search (after all shards of an array job)",
     )
     p.add_argument("catalog", help="the catalog folder")
-    _add_ann(p)
 
 
 def _run_finalize(args: argparse.Namespace) -> int:
@@ -155,11 +144,11 @@ def _run_finalize(args: argparse.Namespace) -> int:
 
     close, update = _progress()
     try:
-        summary = finalize(args.catalog, ann=_ann(args), progress=update)
+        summary = finalize(args.catalog, progress=update)
     finally:
         close()
     print(f"catalog {args.catalog}: {summary.scenes} scenes, {summary.rows} windows searchable"
-          + (" (ANN index)" if summary.ann else " (exact search)"))  # fmt: skip
+          + (" (FAISS IVF-PQ index)" if summary.ann == "ivfpq" else " (exact search)"))  # fmt: skip
     for failure in summary.corrupt + summary.failed:
         print(f"  FAILED {failure.source}: {failure.error}")
     return 0 if not (summary.corrupt or summary.failed) else 1
@@ -228,6 +217,7 @@ def _run_search(args: argparse.Namespace) -> int:
         device=args.device,
     )
     if args.json:
+        hits["date"] = hits["date"].map(lambda d: d.isoformat() if d == d and d else None)
         sys.stdout.write(hits.to_json(drop_id=True) + "\n")
     else:
         print(_table(hits))
@@ -244,14 +234,28 @@ _SUBCOMMANDS: dict[str, tuple[Callable, Callable]] = {
 
 
 def _run(args: argparse.Namespace) -> int:
-    """Run a catalog sub-command; a failure the user can fix is one line and exit code 2."""
+    """Run a catalog sub-command; a failure the user can fix is one line and exit code 2.
+
+    dgtrs-geo's own warnings (a box outside every scene, a scene without a heatmap) are one line
+    each too; other libraries' keep Python's format.
+    """
     from ..errors import DgtrsGeoError
 
+    prefix = f"dgtrs-geo catalog {args.catalog_command}"
+    default = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+        if f"{os.sep}dgtrs_geo{os.sep}" in filename:
+            print(f"{prefix}: warning: {' '.join(str(message).split())}", file=sys.stderr)
+        else:
+            default(message, category, filename, lineno, file, line)
+
     try:
-        return args.catalog_run(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = show
+            return args.catalog_run(args)
     except DgtrsGeoError as error:
-        message = " ".join(str(error).split())
-        print(f"dgtrs-geo catalog {args.catalog_command}: error: {message}", file=sys.stderr)
+        print(f"{prefix}: error: {' '.join(str(error).split())}", file=sys.stderr)
         return 2
 
 

@@ -32,7 +32,7 @@ import torch.distributed as dist
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from ..errors import InputError
 from ..localization.options import LocalizationOptions
@@ -44,6 +44,12 @@ __all__ = ["PartWriter", "owner", "parse_shard", "resolve_shard", "run_index"]
 
 #: Progress callback: fraction done in [0, 1] and a message.
 ProgressFn = Callable[[float, str], None]
+
+
+def _share(index: int, count: int, source: str) -> tuple[int, int]:
+    if not 0 <= index < count:
+        raise InputError(f"{source} gives shard {index} of {count}: need 0 <= I < N")
+    return index, count
 
 
 def parse_shard(text: str) -> tuple[int | None, int]:
@@ -90,8 +96,7 @@ def resolve_shard(
     """
     environ = os.environ if environ is None else environ
     if isinstance(shard, tuple):
-        index, count = shard
-        return parse_shard(f"{index}/{count}")  # type: ignore[return-value]
+        shard = f"{shard[0]}/{shard[1]}"
     index, count = parse_shard(shard) if shard else (None, None)
     if index is not None and count is not None:
         return index, count
@@ -107,7 +112,7 @@ def resolve_shard(
                     f"{variable} is set, so this is one job of an array, but the number of jobs "
                     "is unknown: pass --shard N (the array's size)"
                 )
-            return parse_shard(f"{int(environ[variable])}/{count}")  # type: ignore[return-value]
+            return _share(int(environ[variable]), count, variable)
     if count is not None and count != 1:
         raise InputError(
             f"--shard {count} gives a count but no array-job index variable is set "
@@ -122,6 +127,19 @@ def owner(scene_id: str, shards: int, world: int) -> tuple[int, int]:
     return key % shards, (key // shards) % world
 
 
+class _Positions(Dataset[int]):
+    """The positions ``0 .. n-1``."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> int:
+        return i
+
+
 class _SceneData(LightningDataModule):
     """This rank's scenes of this shard, one per batch."""
 
@@ -132,6 +150,8 @@ class _SceneData(LightningDataModule):
         self.assigned: list[Scene] = []
 
     def setup(self, stage: str) -> None:
+        """Keep the scenes that ``(shard, global rank)`` owns (:func:`owner`)."""
+        assert self.trainer is not None  # Lightning sets it before calling setup
         rank, world = self.trainer.global_rank, self.trainer.world_size
         index, count = self.shard
         self.assigned = [s for s in self.scenes if owner(s.scene_id, count, world) == (index, rank)]
@@ -139,7 +159,7 @@ class _SceneData(LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         # Positions, not scenes: Lightning moves batches to the device and cannot copy frozen
         # dataclasses; the module looks the scene up.
-        return DataLoader(range(len(self.assigned)), batch_size=1, collate_fn=list)
+        return DataLoader(_Positions(len(self.assigned)), batch_size=1, collate_fn=list)
 
 
 class _SceneEncoder(LightningModule):
@@ -170,7 +190,9 @@ class _SceneEncoder(LightningModule):
         if self.progress is None or not self.trainer.is_global_zero:
             return None
         report = self.progress
-        return lambda fraction, message: report((position + fraction) / total, message)
+        return lambda fraction, message: report(
+            (position + fraction) / total, f"scene {position + 1}/{total}: {message}"
+        )
 
     def predict_step(self, batch: list[int], batch_idx: int) -> list[SceneResult]:
         data: _SceneData = self.trainer.datamodule  # type: ignore[attr-defined]

@@ -11,7 +11,8 @@ rewriting ``CURRENT`` (a reader holding the previous folder keeps reading it)::
         embeddings.npy   float32 [N, D]  every window's embedding, scenes in scene-id order
         windows.npy      int32   [N, 4]  col_off, row_off, width, height in scene pixels
         bounds.npy       float64 [N, 4]  EPSG:4326 bounds (min_lon, min_lat, max_lon, max_lat)
-        ann/             the approximate nearest-neighbour index (``ann.py``), for large catalogs
+        ann/             the nearest-neighbour index of ``ann.py``, which decides by the number
+                         of rows between an exact scan and a FAISS IVF-PQ index
 
 Every part is checked against its record's checksum on the way in; a part that fails is left out,
 reported, and recorded as failed so the next ``catalog index`` embeds its scene again.
@@ -36,13 +37,9 @@ from numpy.lib.format import open_memmap
 from .sources import SceneFailure
 from .store import CatalogStore, temp_name, write_atomic
 
-__all__ = ["ANN_MIN_ROWS", "INDEX_FORMAT", "FinalizeSummary", "finalize"]
+__all__ = ["INDEX_FORMAT", "FinalizeSummary", "finalize"]
 
 INDEX_FORMAT = "dgtrs-geo-catalog-index"
-
-#: Catalogs with fewer windows are searched exactly: a matrix product over 10^5 rows takes
-#: milliseconds, less than loading an ANN index.
-ANN_MIN_ROWS = 100_000
 
 #: Progress callback: fraction done in [0, 1] and a message.
 ProgressFn = Callable[[float, str], None]
@@ -56,7 +53,7 @@ class FinalizeSummary:
         index: the consolidated index folder.
         scenes: scenes included.
         rows: windows included.
-        ann: whether an ANN index was built.
+        ann: the kind of nearest-neighbour index (``"ivfpq"``, ``"exact"``; ``None``: empty).
         corrupt: parts left out because they failed verification (re-indexed on the next run).
         failed: scenes whose last indexing failed.
 
@@ -65,9 +62,15 @@ class FinalizeSummary:
     index: Path
     scenes: int
     rows: int
-    ann: bool
+    ann: str | None
     corrupt: list[SceneFailure] = field(default_factory=list)
     failed: list[SceneFailure] = field(default_factory=list)
+
+
+def _part(progress: ProgressFn | None, lo: float, hi: float) -> ProgressFn | None:
+    if progress is None:
+        return None
+    return lambda fraction, message: progress(lo + (hi - lo) * fraction, message)
 
 
 def _verified(
@@ -138,18 +141,69 @@ def _write_scenes(scenes: list[dict], path: Path) -> None:
     pq.write_table(table, path)
 
 
-def finalize(
-    root: str | Path, *, ann: bool | None = None, progress: ProgressFn | None = None
-) -> FinalizeSummary:
+def _current_fits(store: CatalogStore, records: list[dict]) -> dict | None:
+    """The current index's manifest, if it holds exactly these parts."""
+    folder = store.current()
+    if folder is None:
+        return None
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text())
+        held = pq.read_table(folder / "scenes.parquet", columns=["scene_id", "sha256"])
+    except (OSError, ValueError, KeyError, pa.ArrowException):
+        return None
+    wanted = {(r["scene_id"], r["sha256"]) for r in records}
+    if set(zip(*(held[c].to_pylist() for c in ("scene_id", "sha256")), strict=True)) != wanted:
+        return None
+    return manifest
+
+
+def _write_index(
+    store: CatalogStore, records: list[dict], progress: ProgressFn | None
+) -> tuple[str, dict]:
+    """Write a new index folder from ``records``; return its name and manifest."""
+    folder = temp_name(store.root / "index")
+    folder.mkdir()
+    try:
+        scenes = _consolidate(store, records, folder, progress)
+        rows = scenes[-1]["row_stop"] if scenes else 0
+        kind = None
+        if rows:
+            from .ann import build_ann
+
+            if progress is not None:
+                progress(0.8, f"building the nearest-neighbour index over {rows} windows")
+            embeddings = np.load(folder / "embeddings.npy", mmap_mode="r")
+            build_ann(embeddings, folder / "ann", progress=_part(progress, 0.8, 0.99))
+            kind = json.loads((folder / "ann" / "ann.json").read_text())["kind"]
+        _write_scenes(scenes, folder / "scenes.parquet")
+        manifest = {
+            "format": INDEX_FORMAT,
+            "version": 1,
+            "model_id": store.model_id,
+            "dim": int(store.meta["dim"]),
+            "count": int(rows),
+            "scenes": len(scenes),
+            "ann": kind,
+            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        }
+        write_atomic(folder / "manifest.json", json.dumps(manifest, indent=2).encode())
+        name = f"index-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S%f}"
+        os.replace(folder, store.root / name)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return name, manifest
+
+
+def finalize(root: str | Path, *, progress: ProgressFn | None = None) -> FinalizeSummary:
     """Gather every verified part of a catalog into a new current search index.
 
     Run it once after all shards of an array job have finished (``catalog index`` without
-    ``--shard`` runs it itself). It takes a lock on the catalog, so two runs do not race.
+    ``--shard`` runs it itself). It takes a lock on the catalog, so two runs do not race. When
+    the current index already holds exactly the verified parts, it is kept as it is.
 
     Args:
         root: the catalog folder.
-        ann: build the approximate nearest-neighbour index: ``None`` when the catalog has at least
-            :data:`ANN_MIN_ROWS` windows.
         progress: called with ``(fraction, message)``.
 
     Returns:
@@ -160,40 +214,16 @@ def finalize(
     with FileLock(store.root / ".lock"):
         store.clean_temporaries()
         records, corrupt, failed = _verified(store)
-        folder = temp_name(store.root / "index")
-        folder.mkdir()
-        try:
-            scenes = _consolidate(store, records, folder, progress)
-            rows = scenes[-1]["row_stop"] if scenes else 0
-            with_ann = rows >= ANN_MIN_ROWS if ann is None else ann and rows > 0
-            if with_ann:
-                from .ann import build_ann
-
-                if progress is not None:
-                    progress(0.8, f"building the ANN index over {rows} windows")
-                embeddings = np.load(folder / "embeddings.npy", mmap_mode="r")
-                build_ann(embeddings, folder / "ann", progress=progress)
-            _write_scenes(scenes, folder / "scenes.parquet")
-            manifest = {
-                "format": INDEX_FORMAT,
-                "version": 1,
-                "model_id": store.model_id,
-                "dim": int(store.meta["dim"]),
-                "count": int(rows),
-                "scenes": len(scenes),
-                "ann": bool(with_ann),
-                "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            }
-            write_atomic(folder / "manifest.json", json.dumps(manifest, indent=2).encode())
-            name = f"index-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S%f}"
-            os.replace(folder, store.root / name)
-        except BaseException:
-            shutil.rmtree(folder, ignore_errors=True)
-            raise
-        store.set_current(name)
-        # The previous index stays for searches that read CURRENT just before it changed.
-        for old in sorted(store.root.glob("index-*"))[:-2]:
-            shutil.rmtree(old, ignore_errors=True)
+        manifest = _current_fits(store, records)
+        if manifest is None:
+            name, manifest = _write_index(store, records, progress)
+            store.set_current(name)
+            # The previous index stays for searches that read CURRENT just before it changed.
+            for old in sorted(store.root.glob("index-*"))[:-2]:
+                shutil.rmtree(old, ignore_errors=True)
+        folder = store.current()
+    rows, scenes = manifest["count"], manifest["scenes"]
     if progress is not None:
-        progress(1.0, f"catalog ready: {rows} windows of {len(scenes)} scenes")
-    return FinalizeSummary(store.root / name, len(scenes), rows, with_ann, corrupt, failed)
+        progress(1.0, f"catalog ready: {rows} windows of {scenes} scenes")
+    assert folder is not None  # just written, or found current
+    return FinalizeSummary(folder, scenes, rows, manifest["ann"], corrupt, failed)

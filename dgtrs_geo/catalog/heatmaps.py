@@ -51,7 +51,7 @@ def _scene_index(
     start, stop = int(record["row_start"]), int(record["row_stop"])
     source = RasterSource(path, bands=options.bands, stretch=options.stretch)
     try:
-        plan = plan_windows(source.width, source.height, options.scales)
+        plan = plan_windows(source.width, source.height, [int(s) for s in options.scales])
         return EmbeddingIndex.create(
             model_id=model.model_id,
             fingerprint=source.fingerprint(),

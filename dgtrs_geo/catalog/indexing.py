@@ -239,15 +239,16 @@ def embed_scene(
     fingerprint cannot be taken (a server that is down), a part indexed before is kept.
     """
     record = store.record(scene.scene_id)
-    indexed_before = record is not None and record.get("status") == "ok"
+    if record is not None and record.get("status") != "ok":
+        record = None
     try:
         fingerprint = scene_fingerprint(scene)
     except Cancelled:
         raise
     except SCENE_ERRORS as error:
-        return _failed(scene, error, record=not indexed_before)
+        return _failed(scene, error, record=record is None)
     note = None
-    if indexed_before and record["fingerprint"] == fingerprint:
+    if record is not None and record["fingerprint"] == fingerprint:
         if (note := store.verify(record)) is None:
             return SceneResult(scene, "unchanged", rows=int(record["rows"]))
         note += ": indexed again"

@@ -214,9 +214,9 @@ def _warn_outside(index: SearchIndex, box: Sequence[float], what: str) -> None:
         else ""
     )
     warnings.warn(
-        f"{what} (EPSG:4326 {[round(v, 6) for v in box]}) lies outside every scene of the "
-        f"catalog, which spans longitude {bounds[:, 0].min():.6g}..{bounds[:, 2].max():.6g}, "
-        f"latitude {bounds[:, 1].min():.6g}..{bounds[:, 3].max():.6g}.{hint}",
+        f"{what} lies outside every scene of the catalog, which spans longitude "
+        f"{bounds[:, 0].min():.6g}..{bounds[:, 2].max():.6g}, latitude "
+        f"{bounds[:, 1].min():.6g}..{bounds[:, 3].max():.6g}: nothing is found there.{hint}",
         stacklevel=3,
     )
 

@@ -16,6 +16,7 @@ from torch import Tensor
 from torchgeo.datasets import DatasetNotFoundError, NonGeoDataset
 from torchgeo.datasets.utils import Path, check_integrity, download_url, extract_archive
 
+from ..errors import InputError
 from .utils import ManifestError, is_readable_image, load_image, plot_caption_sample
 
 
@@ -67,13 +68,14 @@ class RSCaptionDataset(NonGeoDataset):
                 corrupt image raises when it is loaded.
 
         Raises:
-            ValueError: If *split* is unknown.
+            InputError: If *split* is unknown (a ``ValueError`` too).
             DatasetNotFoundError: If the dataset is not found and cannot be
                 downloaded.
-            ManifestError: If an entry has no captions or its image is missing.
+            ManifestError: If the annotation file is not Karpathy-style JSON, an entry
+                has no captions or its image is missing.
         """
         if split not in self.splits:
-            raise ValueError(f"Unknown split {split!r}; expected one of {self.splits}.")
+            raise InputError(f"Unknown split {split!r}; expected one of {self.splits}.")
         self.root = root
         self.split = split
         self.transforms = transforms
@@ -84,7 +86,13 @@ class RSCaptionDataset(NonGeoDataset):
 
         path = os.path.join(root, self.filename)
         with open(path, encoding="utf-8") as f:
-            entries = json.load(f)["images"]
+            try:
+                entries = json.load(f)["images"]
+            except (json.JSONDecodeError, KeyError, TypeError) as err:
+                raise ManifestError(
+                    f"{path} is not a Karpathy-style caption file (a JSON object with an "
+                    f"'images' list): {err}"
+                ) from err
         self.files: list[str] = []
         self.captions: list[list[str]] = []
         for number, entry in enumerate(entries):

@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 from torchgeo.datasets import DatasetNotFoundError, NonGeoDataset
 from torchgeo.datasets.utils import Path
 
+from ..errors import InputError
 from .utils import (
     CorruptImageError,
     ManifestError,
@@ -68,11 +69,16 @@ def _records_csv(path: str) -> Iterator[tuple[dict[str, Any], str]]:
 
 def _records_sharegpt4v(path: str) -> Iterator[tuple[dict[str, Any], str]]:
     with open(path, encoding="utf-8") as f:
-        entries = json.load(f)
+        try:
+            entries = json.load(f)
+        except json.JSONDecodeError as err:
+            raise ManifestError(f"{path}: not valid JSON ({err}).") from err
     if not isinstance(entries, list):
         raise ManifestError(f"{path}: a ShareGPT4V file holds a JSON list of entries.")
     for number, entry in enumerate(entries):
         where = f"{path} entry {number}"
+        if not isinstance(entry, dict):
+            raise ManifestError(f"{where}: expected a JSON object, got {type(entry).__name__}.")
         answers = [
             turn.get("value", "")
             for turn in entry.get("conversations", [])
@@ -106,7 +112,7 @@ def read_manifest(path: Path) -> list[CaptionRecord]:
     Raises:
         ManifestError: For a malformed entry, an empty caption or an unknown
             split; the message names the file and line (or entry).
-        ValueError: For an unknown extension.
+        InputError: For an unknown extension (a ``ValueError`` too).
     """
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
@@ -118,7 +124,7 @@ def read_manifest(path: Path) -> list[CaptionRecord]:
         case ".json":
             rows = _records_sharegpt4v(path)
         case other:
-            raise ValueError(
+            raise InputError(
                 f"Unknown manifest extension {other!r} for {path}; use .jsonl, .csv or "
                 "a ShareGPT4V .json."
             )
@@ -186,12 +192,12 @@ class DGTRSD(NonGeoDataset):
                 warning); if False, a corrupt image raises when it is loaded.
 
         Raises:
-            ValueError: If *split* is unknown.
+            InputError: If *split* is unknown (a ``ValueError`` too).
             DatasetNotFoundError: If the manifest is not found.
             ManifestError: If an entry is malformed or its image is missing.
         """
         if split not in self.splits:
-            raise ValueError(f"Unknown split {split!r}; expected one of {self.splits}.")
+            raise InputError(f"Unknown split {split!r}; expected one of {self.splits}.")
         self.root = root
         self.split = split
         self.manifest = os.path.join(root, manifest.format(split=split))

@@ -7,7 +7,6 @@ that tell scenes apart only after token ``late_token`` (77 by default, CLIP's
 context), so a 248-token text tower can use them and a 77-token one cannot.
 """
 
-import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -19,7 +18,8 @@ from matplotlib.figure import Figure
 from PIL import Image, ImageDraw
 from torchgeo.datasets import NonGeoDataset
 
-from ..tokens import CLIP_CONTEXT_LENGTH, DGTRS_CONTEXT_LENGTH
+from ..errors import InputError
+from ..tokens import CLIP_CONTEXT_LENGTH, DGTRS_CONTEXT_LENGTH, clip_tokenizer, count_tokens
 from .utils import plot_caption_sample
 
 #: Background name -> mean RGB colour.
@@ -68,26 +68,6 @@ _FILLER = (
     "There is nothing written on the surface and there are no other markings.",
 )
 _SPLIT_SEEDS = {"train": 0, "val": 1, "test": 2}
-
-
-@functools.lru_cache(maxsize=1)
-def _bpe() -> Any:
-    # CLIP's BPE ships inside open_clip; no weights are needed to count tokens
-    from open_clip.tokenizer import SimpleTokenizer
-
-    return SimpleTokenizer()
-
-
-def count_tokens(text: str) -> int:
-    """Count the CLIP BPE tokens of a text, start- and end-of-text included.
-
-    Args:
-        text: Any text.
-
-    Returns:
-        The length the text takes in a CLIP context before truncation.
-    """
-    return len(_bpe().encode(text)) + 2
 
 
 @dataclass(frozen=True)
@@ -205,14 +185,14 @@ def _long_caption(
     ]
     filler = [_FILLER[i] for i in rng.permutation(len(_FILLER))]
     # Position of the next token: start-of-text plus the BPE tokens so far
-    while len(_bpe().encode(" ".join(early))) + 1 < late_token:
+    while len(clip_tokenizer().encode(" ".join(early))) + 1 < late_token:
         if not filler:
             raise ValueError(
                 f"late_token={late_token} is longer than the scene's generic text can "
                 "fill; use a late_token of at most 150."
             )
         early.append(filler.pop())
-    late_start = len(_bpe().encode(" ".join(early))) + 1
+    late_start = len(clip_tokenizer().encode(" ".join(early))) + 1
 
     late = [f"The main object is {_object_phrase(objects[0])}."]
     late += [f"There is also {_object_phrase(obj)}." for obj in objects[1:]]
@@ -340,7 +320,7 @@ class SyntheticScenes(NonGeoDataset):
             ValueError: If *split* is unknown or a size is not positive.
         """
         if split not in self.splits:
-            raise ValueError(f"Unknown split {split!r}; expected one of {self.splits}.")
+            raise InputError(f"Unknown split {split!r}; expected one of {self.splits}.")
         if length < 1 or scene_size < 8:
             raise ValueError(f"length={length} must be >= 1 and scene_size={scene_size} >= 8.")
         self.split = split

@@ -22,6 +22,7 @@ from torchgeo.datasets import DatasetNotFoundError, GeoDataset, RasterDataset
 from torchgeo.datasets.utils import GeoSlice, Path
 from torchgeo.samplers import GeoSampler, Units
 
+from ..errors import InputError
 from .dgtrsd import SPLITS
 from .utils import ManifestError, plot_caption_sample
 
@@ -80,15 +81,16 @@ class UserCaptions(GeoDataset):
                 transformed version.
 
         Raises:
-            ValueError: If *split* is unknown, or given without *split_column*.
+            InputError: If *split* is unknown, or given without *split_column* (a
+                ``ValueError`` too).
             DatasetNotFoundError: If no raster or the vector file is not found.
-            ManifestError: If a column is missing, a caption is empty or a
-                feature names an unknown split.
+            ManifestError: If the vector file cannot be read, a column is missing, a
+                caption is empty or a feature names an unknown split.
         """
         if split is not None and split not in SPLITS:
-            raise ValueError(f"Unknown split {split!r}; expected one of {SPLITS}.")
+            raise InputError(f"Unknown split {split!r}; expected one of {SPLITS}.")
         if split is not None and split_column is None:
-            raise ValueError(f"split={split!r} needs split_column: the attribute naming splits.")
+            raise InputError(f"split={split!r} needs split_column: the attribute naming splits.")
         self.paths = paths
         self.vectors = vectors
         self.split = split
@@ -99,7 +101,10 @@ class UserCaptions(GeoDataset):
 
         if not os.path.isfile(vectors):
             raise DatasetNotFoundError(self)
-        features = gpd.read_file(vectors, layer=layer)
+        try:
+            features = gpd.read_file(vectors, layer=layer)
+        except (RuntimeError, ValueError) as error:  # pyogrio's errors for what is no vector layer
+            raise ManifestError(f"{vectors} cannot be read as a vector layer: {error}") from error
         if features.crs is None:
             raise ManifestError(f"{vectors} has no CRS; set the layer's CRS in QGIS and save it.")
         columns = [caption_column, long_caption_column, split_column]

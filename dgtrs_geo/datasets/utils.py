@@ -13,18 +13,23 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 from torchgeo.datasets.utils import Path
 
+from ..errors import InputError
+
 #: Errors PIL raises for unreadable or truncated image files.
 IMAGE_ERRORS = (OSError, UnidentifiedImageError, SyntaxError, ValueError)
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
 
-class ManifestError(ValueError):
-    """Raised for an annotation entry that cannot be used; the message names where it is."""
+class ManifestError(InputError):
+    """Raised for an annotation entry that cannot be used; the message names where it is.
+
+    An :class:`~dgtrs_geo.errors.InputError`, so a ``ValueError`` as it always was.
+    """
 
 
-class CorruptImageError(OSError):
-    """Raised when an image file exists but cannot be decoded."""
+class CorruptImageError(InputError, OSError):
+    """Raised when an image file exists but cannot be decoded (an ``OSError`` as it always was)."""
 
 
 def load_image(path: Path) -> Tensor:

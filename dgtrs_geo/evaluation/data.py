@@ -15,6 +15,8 @@ from typing import Any
 
 from torch.utils.data import ConcatDataset, Dataset, Subset
 
+from ..errors import InputError
+
 RETRIEVAL_DATASETS: tuple[str, ...] = (
     "RSITMD",
     "RSICD",
@@ -74,7 +76,7 @@ def task_of(name: str) -> str:
         if canonical_name(name) in names:
             return task
     known = ", ".join(n for names in TASKS.values() for n in names)
-    raise ValueError(f"unknown dataset {name!r}; known datasets: {known}")
+    raise InputError(f"unknown dataset {name!r}; known datasets: {known}")
 
 
 def canonical_name(name: str) -> str:
@@ -96,7 +98,7 @@ def _splits(split: str, available: tuple[str, ...]) -> tuple[str, ...]:
     if split == "all":
         return available
     if split not in available:
-        raise ValueError(f"unknown split {split!r}; expected 'all' or one of {available}")
+        raise InputError(f"unknown split {split!r}; expected 'all' or one of {available}")
     return (split,)
 
 
@@ -221,27 +223,29 @@ def resolve_benchmarks(
 
     """
     if task != "all" and task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; expected one of {[*TASKS, 'all']}")
+        raise InputError(f"unknown task {task!r}; expected one of {[*TASKS, 'all']}")
     names = [canonical_name(n) for n in names]
     for name in names:
         if task != "all" and task_of(name) != task:
-            raise ValueError(f"{name} is a {task_of(name)} dataset, not a {task} one")
-    if not names:
+            raise InputError(f"{name} is a {task_of(name)} dataset, not a {task} one")
+    discovered = not names
+    if discovered:
         if len(roots) != 1:
-            raise ValueError("name the datasets with --dataset, or give one --root holding them")
+            raise InputError("name the datasets with --dataset, or give one --root holding them")
         wanted = [n for t, ns in TASKS.items() if task in (t, "all") for n in ns]
         names = [n for n in wanted if _folder(roots[0], n) is not None]
         if not names:
-            raise ValueError(f"no dataset folder ({', '.join(wanted)}) found in {roots[0]!r}")
+            raise InputError(f"no dataset folder ({', '.join(wanted)}) found in {roots[0]!r}")
     paired: list[tuple[str, str]]
-    if len(roots) == len(names):
+    # Names found in the one root live in its sub-folders, even when there is only one.
+    if len(roots) == len(names) and not discovered:
         paired = list(zip(names, roots, strict=True))
     elif len(roots) == 1:
         paired = [(n, _folder(roots[0], n) or os.path.join(roots[0], n)) for n in names]
     elif not roots and all(n == "SyntheticScenes" for n in names):
         paired = [(n, "") for n in names]
     else:
-        raise ValueError(
+        raise InputError(
             f"{len(names)} datasets but {len(roots)} roots: give one --root per --dataset, "
             "or a single --root holding a folder per dataset"
         )

@@ -19,6 +19,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from ..errors import OutputError
 from .data import BenchmarkData
 
 CACHE_VERSION = 1
@@ -154,8 +155,14 @@ def encode_benchmark(
 
 
 def _atomic_save(payload: dict[str, Tensor], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".partial")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".partial")
+    except OSError as error:
+        raise OutputError(
+            f"cannot write the embeddings cache {path.parent} ({error.strerror or error}): set "
+            "DGTRS_GEO_CACHE to a writable folder, or pass --no-cache"
+        ) from error
     os.close(handle)
     try:
         torch.save(payload, temporary)

@@ -21,22 +21,29 @@ import numpy as np
 from matplotlib import pyplot as plt
 from matplotlib.figure import Figure
 
+from ..errors import OutputError
 from .zeroshot import plot_confusion_matrix
 
 SELO_COLUMNS = ("rsu", "rda", "ras", "rmi")
 
 
 def _atomic_write(path: Path, write: Callable[[str], None]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(
-        dir=path.parent, prefix=f".{path.name}.", suffix=".partial"
-    )
-    os.close(handle)
+    temporary = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(
+            dir=path.parent, prefix=f".{path.name}.", suffix=".partial"
+        )
+        os.close(handle)
         write(temporary)
         os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+    except BaseException as error:
+        if temporary is not None:
+            Path(temporary).unlink(missing_ok=True)
+        if isinstance(error, OSError):  # read-only folder, a file in the way, disk full
+            raise OutputError(
+                f"cannot write {path} ({error.strerror or error}): choose another output folder"
+            ) from error
         raise
     return path
 

@@ -17,6 +17,7 @@ import numpy as np
 from torch.utils.data import Subset
 from tqdm.auto import tqdm
 
+from ..errors import DgtrsGeoError, InputError, ModelError
 from .data import BenchmarkData
 from .embeddings import encode_benchmark
 from .report import plot_selo_maps, safe_file_name, save_figure
@@ -124,7 +125,7 @@ def _map_functions(modes: Sequence[str]) -> dict[str, Callable[..., np.ndarray]]
     functions = {"reference": reference_probability_map, "fast": fast_probability_map}
     unknown = sorted(set(modes) - set(functions))
     if unknown or not modes:
-        raise ValueError(f"SeLo modes must be among {sorted(functions)}, got {list(modes)}")
+        raise InputError(f"SeLo modes must be among {sorted(functions)}, got {list(modes)}")
     return {mode: functions[mode] for mode in modes}
 
 
@@ -223,15 +224,17 @@ def load_for_evaluation(source: str, device: str) -> Any:
         The loaded model.
 
     Raises:
-        RuntimeError: if it cannot be loaded; the message names the model and the cause.
+        ModelError: if it cannot be loaded (missing or broken file, no weights offline, a device
+            this machine lacks); the message names the model and the cause. Any other failure
+            is a bug and propagates as it is.
 
     """
     import dgtrs_geo
 
     try:
         return dgtrs_geo.load_model(source, device=device)
-    except Exception as error:  # any loader failure, reported with the model it concerns
-        raise RuntimeError(f"cannot load model {source!r}: {error}") from error
+    except DgtrsGeoError as error:  # reported with the model it concerns
+        raise ModelError(f"cannot load model {source!r}: {error}") from error
 
 
 def run_evaluation(
@@ -249,15 +252,15 @@ def run_evaluation(
         result}}, "model_ids": {label: model_id}, "rmi_weights": {...}}``.
 
     Raises:
-        ValueError: if there is no model or dataset, or two models share a label.
-        RuntimeError: if a model cannot be loaded.
+        InputError: if there is no model or dataset, or two models share a label.
+        ModelError: if a model cannot be loaded.
 
     """
     if not models or not benchmarks:
-        raise ValueError("evaluation needs at least one --model and one --dataset")
+        raise InputError("evaluation needs at least one --model and one --dataset")
     labels = [model_label(m) for m in models]
     if len(set(labels)) != len(labels):
-        raise ValueError(f"two models would share a row name in the report: {labels}")
+        raise InputError(f"two models would share a row name in the report: {labels}")
     results: dict[str, dict[str, Any]] = {}
     model_ids = {}
     for source, label in zip(models, labels, strict=True):

@@ -8,6 +8,8 @@ noun with its article. The phrasings are this project's own.
 
 from __future__ import annotations
 
+from ..errors import InputError
+
 FAMILIES: tuple[str, ...] = ("remote sensing image", "aerial image", "satellite image")
 """The three source nouns; ``{kind}`` in :data:`PHRASINGS` takes each of them."""
 
@@ -86,15 +88,19 @@ def read_templates(path: str) -> tuple[str, ...]:
         The templates, in file order.
 
     Raises:
-        ValueError: if the file has no template or a line lacks exactly one ``{}``.
+        InputError: if the file cannot be read, has no template or a line lacks exactly one
+            ``{}`` (a ``ValueError`` too).
 
     """
-    with open(path, encoding="utf-8") as f:
-        lines = [line.strip() for line in f]
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = [line.strip() for line in f]
+    except (OSError, UnicodeDecodeError) as error:
+        raise InputError(f"cannot read the templates file {path}: {error}") from error
     templates = tuple(line for line in lines if line and not line.startswith("#"))
     if not templates:
-        raise ValueError(f"{path} holds no template; write one per line, e.g. 'a photo of {{}}.'")
+        raise InputError(f"{path} holds no template; write one per line, e.g. 'a photo of {{}}.'")
     for template in templates:
         if template.count("{}") != 1:
-            raise ValueError(f"{path}: template {template!r} must hold exactly one {{}}")
+            raise InputError(f"{path}: template {template!r} must hold exactly one {{}}")
     return templates

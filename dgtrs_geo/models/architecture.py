@@ -17,6 +17,8 @@ from typing import Any
 import open_clip
 from torch import Tensor
 
+from ..errors import ModelError
+
 __all__ = ["ARCHITECTURES", "architecture_config", "create_clip", "infer_config"]
 
 _CONFIG_DIR = Path(__file__).parent / "configs"
@@ -38,13 +40,13 @@ def architecture_config(arch: str) -> dict[str, Any]:
             (``"ViT-B-32"``, ``"ViT-B-16-quickgelu"``, ...).
 
     Raises:
-        ValueError: if open_clip knows no such architecture.
+        ModelError: if open_clip knows no such architecture (a ``ValueError`` too).
 
     """
     config = open_clip.get_model_config(ARCHITECTURES.get(arch, arch))
     if config is None:
         known = ", ".join(ARCHITECTURES)
-        raise ValueError(
+        raise ModelError(
             f"unknown architecture {arch!r}: use one of {known} or an open_clip model name"
         )
     return copy.deepcopy(config)

@@ -18,6 +18,7 @@ every score and map downstream would be NaN without any other error.
 
 from __future__ import annotations
 
+import contextlib
 import pickle
 import zipfile
 from collections.abc import Mapping
@@ -28,7 +29,7 @@ import torch
 from torch import Tensor
 from torch.nn.utils import parametrize
 
-from ..errors import ModelError
+from ..errors import InputError, ModelError, OutputError
 from ..tokens import KPS_KEEP
 
 if TYPE_CHECKING:
@@ -201,13 +202,14 @@ def read_checkpoint(
         ``(state_dict, format)``; the state dict has open_clip key names and one positional table.
 
     Raises:
-        FileNotFoundError: if ``path`` does not exist.
+        CheckpointNotFoundError: if ``path`` does not exist (a ``FileNotFoundError`` too).
         CheckpointError: if the file is corrupt, unsafe, or not a CLIP checkpoint.
+        InputError: for an unknown ``checkpoint_format``.
 
     """
     path = Path(path)
     if checkpoint_format is not None and checkpoint_format not in FORMATS:
-        raise ValueError(f"unknown checkpoint format {checkpoint_format!r}: use one of {FORMATS}")
+        raise InputError(f"unknown checkpoint format {checkpoint_format!r}: use one of {FORMATS}")
     if _is_torchscript(path):
         # torch.jit.load is not annotated; a TorchScript archive runs no pickle code.
         archive = torch.jit.load(str(path), map_location="cpu")  # type: ignore[no-untyped-call]
@@ -293,6 +295,11 @@ def save_checkpoint(
     Returns:
         The written path.
 
+    Raises:
+        InputError: for a format other than ``"dgtrs"`` or ``"open_clip"``.
+        OutputError: if ``path`` cannot be written (read-only folder, a directory, disk full);
+            no partial file is left.
+
     """
     path = Path(path)
     state = plain_state_dict(clip)
@@ -302,9 +309,22 @@ def save_checkpoint(
         case "open_clip":
             pass
         case _:
-            raise ValueError(f"cannot write format {format!r}: use 'dgtrs' or 'open_clip'")
-    path.parent.mkdir(parents=True, exist_ok=True)
+            raise InputError(f"cannot write format {format!r}: use 'dgtrs' or 'open_clip'")
     partial = path.with_name(path.name + ".partial")
-    torch.save(state, partial)
-    partial.replace(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Through a file object: torch.save to a path reports a full disk as a RuntimeError
+        # ("unexpected pos"); Python's own write raises the OSError that says so.
+        with partial.open("wb") as file:
+            torch.save(state, file)
+        partial.replace(path)
+    except BaseException as error:
+        with contextlib.suppress(OSError):
+            partial.unlink(missing_ok=True)
+        if isinstance(error, OSError):
+            raise OutputError(
+                f"cannot write the checkpoint {path}: {error.strerror or error}; choose a "
+                "writable location with free space"
+            ) from error
+        raise
     return path

@@ -16,7 +16,7 @@ from PIL import Image
 from torch import Tensor
 
 from .. import tokens
-from ..errors import ModelError
+from ..errors import InputError, ModelError
 from .architecture import architecture_config, create_clip, infer_config
 from .checkpoints import CheckpointError, CheckpointFormat, CheckpointNotFoundError, read_checkpoint
 from .kps import stretch_positional_embedding
@@ -28,6 +28,7 @@ __all__ = [
     "build_clip",
     "file_fingerprint",
     "load_model",
+    "resolve_device",
 ]
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -52,6 +53,39 @@ def file_fingerprint(path: Path) -> str:
             file.seek(offset)
             digest.update(file.read(sample))
     return digest.hexdigest()[:16]
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """Return the torch device ``device`` names (``"auto"``: CUDA when available, else CPU).
+
+    Raises:
+        InputError: if ``device`` is not a device name, or names a GPU this machine lacks (told
+            here, not as a CUDA traceback when the weights move).
+
+    """
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise InputError(
+            f"device {str(device)!r} is not a device: use auto, cpu, cuda, cuda:N or mps"
+        ) from error
+    if resolved.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise InputError(
+                f"device {str(device)!r}: this torch ({torch.__version__}) sees no CUDA GPU; "
+                "use cpu or auto"
+            )
+        if resolved.index is not None and resolved.index >= count:
+            raise InputError(
+                f"device {str(device)!r}: this machine has {count} CUDA GPU(s), "
+                f"cuda:0 to cuda:{count - 1}"
+            )
+    if resolved.type == "mps" and not torch.backends.mps.is_available():
+        raise InputError(f"device {str(device)!r}: MPS is not available here; use cpu or auto")
+    return resolved
 
 
 class EmbeddingModel:
@@ -245,10 +279,10 @@ def load_model(
         CheckpointError: if the file is not a readable, safe CLIP checkpoint, or its weights
             hold NaN or infinity.
         ModelError: if KPS is asked for a model that does not have 77 text positions.
+        InputError: if ``device`` is not a device this machine has.
 
     """
-    if str(device) == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_device(device)
     name = str(source)
     entry = REGISTRY.get(name)
     if entry is not None:

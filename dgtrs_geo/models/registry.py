@@ -13,7 +13,7 @@ from pathlib import Path
 
 # Re-exported: ``dgtrs_geo.models.cache_dir`` was public before dgtrs_geo.cache existed.
 from ..cache import cache_dir
-from ..errors import ModelError
+from ..errors import ModelError, OutputError
 from ..tokens import CLIP_CONTEXT_LENGTH, DGTRS_CONTEXT_LENGTH
 from .checkpoints import CheckpointFormat
 
@@ -157,6 +157,7 @@ def download_weights(entry: ModelEntry, *, progress: bool = True) -> Path:
     Raises:
         WeightsUnavailableError: offline or on any download failure, naming the file to fetch and
             where to put it, or if the downloaded file does not match the published sha256.
+        OutputError: if the cache folder cannot be created.
 
     """
     target = weights_path(entry)
@@ -165,7 +166,13 @@ def download_weights(entry: ModelEntry, *, progress: bool = True) -> Path:
     import requests
     from tqdm.auto import tqdm
 
-    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise OutputError(
+            f"cannot create the model cache {target.parent} ({error.strerror or error}): set "
+            "DGTRS_GEO_CACHE to a writable folder"
+        ) from error
     partial = target.with_name(target.name + ".partial")
     try:
         with requests.get(entry.url, stream=True, timeout=30) as response:

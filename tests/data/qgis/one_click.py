@@ -13,7 +13,8 @@ import traceback
 
 import qgis.utils
 from qgis.core import QgsApplication, QgsPointXY, QgsProject, QgsRasterLayer
-from qgis.PyQt.QtCore import QTimer
+from qgis.PyQt.QtCore import Qt, QTimer
+from qgis.PyQt.QtWidgets import QDockWidget
 
 config = json.load(open(CONFIG))  # noqa: F821 - defined by the test before this text
 
@@ -88,12 +89,20 @@ def main():
     out = {}
     try:
         iface = qgis.utils.iface
-        iface.mainWindow().resize(1500, 940)
+        main_window = iface.mainWindow()
+        main_window.resize(1500, 940)
         from dgtrs_geo_qgis.backend import manager
 
         plugin = qgis.utils.plugins["dgtrs_geo_qgis"]
         dock = plugin.dock
         dock.show()
+        # Room for the layer tree in the screenshot: no browser, a wider Layers panel.
+        browser = main_window.findChild(QDockWidget, "Browser")
+        if browser is not None:
+            browser.hide()
+        layers_panel = main_window.findChild(QDockWidget, "Layers")
+        if layers_panel is not None:
+            main_window.resizeDocks([layers_panel, dock], [390, 370], Qt.Orientation.Horizontal)
         pause(1.5)
         out["worker_at_start"] = manager.current_client() is not None
         set_up(out)
