@@ -203,10 +203,14 @@ def score_image(
     functions = {"fast": fast_probability_map, "reference": reference_probability_map}
     captions = [e["caption"] for e in entries]
     maps: list[dict[str, np.ndarray]] = [{} for _ in entries]
-    for method in settings.dense:
-        name = f"trained-248 dense-{method}"
+    for variant in settings.dense:
+        name = f"trained-248 dense-{variant}"
+        # "maskclip+window": half the patch's score, half its window's.
+        method, _, blend = variant.partition("+")
         found, seconds = _timed(
-            dense_probability_maps, image, captions, models["trained-248"], settings.scales, method
+            lambda m=method, w=0.5 if blend else 0.0: dense_probability_maps(
+                image, captions, models["trained-248"], settings.scales, m, window_weight=w
+            )
         )
         for query_maps, prob_map, entry in zip(maps, found, entries, strict=True):
             _score(rows, name, prob_map, entry, seconds / len(entries))
@@ -388,7 +392,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--scenes", type=int, default=8, help="scenes per seed (4 queries each)")
     parser.add_argument("--size", type=int, default=1024, help="scene side in pixels")
     parser.add_argument("--modes", default="reference,fast", help="window-level map modes")
-    parser.add_argument("--dense", default="maskclip,clearclip", help="dense methods ('' none)")
+    parser.add_argument(
+        "--dense",
+        default="maskclip,clearclip,maskclip+window",
+        help="dense methods, '+window' to blend in the window score ('' for none)",
+    )
     parser.add_argument("--figure", type=int, default=3, help="queries drawn in the figure")
     parser.add_argument(
         "--train-length", type=int, default=None, help="training chips (default: the recipe's)"

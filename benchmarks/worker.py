@@ -4,7 +4,8 @@ Usage: python benchmarks/worker.py [--checkpoint PATH | --arch dgtrs-tiny] [--ra
                                    [--device cpu] [--scales 64,128] [--repeats 3]
 
 Drives the real backend the way the plugin does: the plugin's ``WorkerClient`` starts
-``python -m dgtrs_geo.worker`` (this interpreter) and sends JSON-line ``localize`` requests.
+``python -m dgtrs_geo.worker`` (this interpreter) and sends JSON-line ``localize`` requests
+(protocol 2: the run's options under ``params.options``).
 The first query loads the model and builds the raster's embedding index; each later query, with
 a new sentence, reuses both from the worker's memory and pays only for the text forward, the
 heatmap and the GeoTIFF and GeoPackage writes. Without ``--checkpoint`` a random-weight model of
@@ -43,9 +44,10 @@ QUERIES = (
 def timed_query(
     client: WorkerClient, params: dict, query: str, out_dir: Path
 ) -> tuple[float, dict]:
-    """Send one ``localize`` request; return its wall time and result."""
+    """Send one ``localize`` request writing to ``out_dir``; return its wall time and result."""
+    options = {**params["options"], "out_dir": str(out_dir)}
     start = time.perf_counter()
-    result = client.request("localize", {**params, "queries": [query], "output_dir": str(out_dir)})
+    result = client.request("localize", {**params, "queries": [query], "options": options})
     return time.perf_counter() - start, result
 
 
@@ -71,9 +73,13 @@ def main() -> None:
         params = {
             "raster": str(raster),
             "model": str(checkpoint),
-            "device": args.device,
-            "scales": [int(s) for s in args.scales.split(",")],
-            "index_dir": str(tmp / "index"),
+            "options": {
+                "device": args.device,
+                "scales": [int(s) for s in args.scales.split(",")],
+                "index_dir": str(tmp / "index"),
+                # The files a query writes, as measured before protocol 2 (no PNG overlay).
+                "outputs": ["heatmap", "polygons"],
+            },
         }
         client = WorkerClient(worker_command(sys.executable))
         try:

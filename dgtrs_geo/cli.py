@@ -15,10 +15,17 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .catalog.cli import add_catalog_command
+
+if TYPE_CHECKING:  # imported by the run functions only, so `dgtrs-geo --help` stays fast
+    from .localization.options import LocalizationOptions
+    from .localization.session import Localizer
+    from .models import EmbeddingModel
+    from .protocols import WindowModel
 
 DEFAULT_MODEL = "dgtrs-clip-vit-b-16"
 
@@ -65,7 +72,7 @@ def _add_model_options(parser: argparse.ArgumentParser, device: bool = True) -> 
         )
 
 
-def _load_model(args: argparse.Namespace):
+def _load_model(args: argparse.Namespace) -> EmbeddingModel:
     from .models import load_model
 
     return load_model(args.model, device=args.device)
@@ -350,7 +357,13 @@ class _Deprecated(argparse.Action):
         kwargs["default"] = argparse.SUPPRESS
         super().__init__(option_strings, dest, help=argparse.SUPPRESS, **kwargs)  # type: ignore[arg-type]
 
-    def __call__(self, parser, namespace, values, option_string=None) -> None:  # noqa: ANN001, D102
+    def __call__(  # noqa: D102
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[Any] | None,
+        option_string: str | None = None,
+    ) -> None:
         print(
             f"dgtrs-geo: {option_string} is deprecated and will be removed in 0.3: use {self.use}",
             file=sys.stderr,
@@ -397,7 +410,9 @@ def _add_option_flags(
                                const=True if bool_flag else None)  # fmt: skip
 
 
-def _options_from_args(args: argparse.Namespace, command: str, **defaults: object):  # noqa: ANN202
+def _options_from_args(
+    args: argparse.Namespace, command: str, **defaults: object
+) -> LocalizationOptions:
     """Return the :class:`LocalizationOptions` the flags of ``command`` give (``defaults`` first)."""
     from .localization.options import LocalizationOptions, option_fields
 
@@ -424,11 +439,11 @@ def _add_output_shortcuts(p: argparse.ArgumentParser) -> None:
                    const=True)  # fmt: skip
 
 
-def _progress_bar():  # noqa: ANN202
+def _progress_bar() -> tuple[Callable[[], None], Callable[[float, str], None]]:
     """Return ``(close, update)`` of a progress bar on stderr, drawn from the first update on."""
     from tqdm.auto import tqdm
 
-    bars: list = []
+    bars: list[Any] = []
 
     def update(fraction: float, message: str) -> None:
         if not bars:
@@ -445,7 +460,9 @@ def _progress_bar():  # noqa: ANN202
     return close, update
 
 
-def _localizer(args: argparse.Namespace, options, model=None):  # noqa: ANN001, ANN202
+def _localizer(
+    args: argparse.Namespace, options: LocalizationOptions, model: WindowModel | None = None
+) -> Localizer:
     """Return the session of this run; the model is loaded by name with an offline hint."""
     from .errors import ModelError
     from .localization import Localizer
@@ -466,7 +483,9 @@ def _localizer(args: argparse.Namespace, options, model=None):  # noqa: ANN001, 
     return session
 
 
-def _localize_and_report(args: argparse.Namespace, raster: str, session, queries: list[str]) -> int:  # noqa: ANN001
+def _localize_and_report(
+    args: argparse.Namespace, raster: str, session: Localizer, queries: list[str]
+) -> int:
     close, progress = _progress_bar()
     try:
         results = session.query(raster, queries, progress=progress)
@@ -516,9 +535,7 @@ def _add_index(sub: argparse._SubParsersAction) -> None:
     _add_option_flags(p, "index")
 
 
-def _index_root(args: argparse.Namespace):  # noqa: ANN202
-    from pathlib import Path
-
+def _index_root(args: argparse.Namespace) -> Path:
     from .cache import cache_dir
     from .localization.index import default_index_dir
 

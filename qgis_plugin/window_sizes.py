@@ -108,17 +108,20 @@ def to_pixels(values: Sequence[float], unit: str, metres_per_pixel: Optional[flo
 
 
 def to_unit(sizes_px: Sequence[int], unit: str, metres_per_pixel: Optional[float]) -> List[float]:
-    """Convert pixel sizes to ``unit`` ("px" or "m", metres rounded to 3 significant digits)."""
+    """Convert pixel sizes to ``unit`` ("px" or "m", metres to 4 significant digits).
+
+    Four digits keep a round trip back to pixels exact for windows up to 1000 px.
+    """
     if unit == "px" or not metres_per_pixel:
         return [float(s) for s in sizes_px]
-    return [_round3(s * metres_per_pixel) for s in sizes_px]
+    return [_significant(s * metres_per_pixel, 4) for s in sizes_px]
 
 
-def _round3(value: float) -> float:
+def _significant(value: float, digits: int) -> float:
     if value <= 0:
         return value
-    digits = 2 - int(math.floor(math.log10(value)))
-    return round(value, digits) if digits > 0 else float(round(value, digits))
+    decimals = digits - 1 - int(math.floor(math.log10(value)))
+    return round(value, decimals) if decimals > 0 else float(round(value, decimals))
 
 
 def format_sizes(values: Sequence[float]) -> str:
@@ -129,5 +132,5 @@ def format_sizes(values: Sequence[float]) -> str:
 def format_length(metres: float) -> str:
     """Return a length for people: ``"830 m"``, ``"8.3 km"``."""
     if metres >= 1000:
-        return "{:g} km".format(_round3(metres / 1000))
-    return "{:g} m".format(_round3(metres))
+        return "{:g} km".format(_significant(metres / 1000, 3))
+    return "{:g} m".format(_significant(metres, 3))

@@ -177,8 +177,10 @@ def test_finalize_gathers_verified_parts_and_leaves_out_a_damaged_one(store) -> 
     index = SearchIndex.load(store)
     order = ["geo", "undated", "utm"]  # scene-id order, the damaged scene left out
     assert list(index.scenes["scene_id"]) == [f"{n}-0123456789ab" for n in order]
+    # The search index keeps float16 (the parts keep the float32 the model gave).
+    assert index.embeddings.dtype == np.float16
     np.testing.assert_array_equal(
-        index.embeddings, np.concatenate([parts[n].embeddings for n in order])
+        index.embeddings, np.concatenate([parts[n].embeddings for n in order]).astype(np.float16)
     )
     np.testing.assert_array_equal(
         index.windows, np.concatenate([parts[n].windows for n in order]).astype(np.int32)
@@ -229,7 +231,7 @@ def _reference(index: SearchIndex, query: np.ndarray, top: int, rows=None) -> li
     """Brute force: every score, best first, a window dropped within 3/4 side of a better one."""
     geod = Geod(ellps="WGS84")
     allowed = np.arange(len(index)) if rows is None else np.asarray(rows)
-    scores = np.asarray(index.embeddings, dtype=np.float64)[allowed] @ query
+    scores = np.asarray(index.embeddings, dtype=np.float32)[allowed] @ query.astype(np.float32)
     kept: list[tuple[int, float, float, float]] = []  # row, side, centre lon, centre lat
     for row in allowed[np.argsort(-scores, kind="stable")]:
         scene = index.scenes.iloc[np.searchsorted(index.scenes["row_start"], row, "right") - 1]
@@ -256,11 +258,12 @@ def test_search_keeps_the_best_window_of_each_place(index: SearchIndex) -> None:
     query = _unit(np.random.default_rng(42), 1)[0]
     scores, rows = search_rows(index, query, top=12)
     assert list(rows) == _reference(index, query, 12)
-    np.testing.assert_allclose(scores, np.asarray(index.embeddings)[rows] @ query, rtol=1e-5)
+    stored = np.asarray(index.embeddings, dtype=np.float32)
+    np.testing.assert_allclose(scores, stored[rows] @ query, rtol=0, atol=1e-6)
     assert np.all(np.diff(scores) <= 0)
     # With a distance of zero nothing is suppressed: the plain top 12 by score.
     _, plain = search_rows(index, query, top=12, min_distance=0.0)
-    best = np.argsort(-(np.asarray(index.embeddings) @ query), kind="stable")[:12]
+    best = np.argsort(-(stored @ query), kind="stable")[:12]
     assert list(plain) == list(best)
 
 
@@ -321,12 +324,12 @@ def test_large_catalogs_are_searched_through_faiss_as_exactly_as_a_scan(
     index = SearchIndex.load(store)
     assert index.ann.kind == "ivfpq"
     queries = _unit(np.random.default_rng(11), 5)
-    everything = np.asarray(index.embeddings) @ queries.T
+    everything = np.asarray(index.embeddings, dtype=np.float32) @ queries.T
     for q, query in enumerate(queries):
         scores, rows = search_rows(index, query, top=20, min_distance=0.0)
         exact = np.argsort(-everything[:, q], kind="stable")[:20]
         assert len(set(rows) & set(exact)) >= 19  # recall@20
-        np.testing.assert_allclose(scores, everything[rows, q], rtol=1e-5)  # true cosines
+        np.testing.assert_allclose(scores, everything[rows, q], atol=1e-6)  # true cosines
     # A filter that leaves more rows than an exact scan is worth: the ANN, then the filter.
     monkeypatch.setattr(search, "EXACT_ROWS", 100)
     utm = index.scenes.iloc[1]

@@ -78,7 +78,7 @@ def test_reference_mode_on_a_raster_matches_the_array_function(tiny_model, tmp_p
     with rasterio.open(path, "w", crs="EPSG:32632", transform=transform, **profile) as dst:
         dst.write(image.transpose(2, 0, 1))
     (result,) = localize(
-        path, "a red roof", tiny_model, scales=(32, 64), reference_mode=True, index_dir=tmp_path
+        path, "a red roof", tiny_model, scales=(32, 64), reference=True, index_dir=tmp_path
     )
     expected = reference_probability_map(image, "a red roof", tiny_model, scales=(32, 64))
     np.testing.assert_allclose(result.heatmap, expected, atol=1e-6)

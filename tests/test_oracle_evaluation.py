@@ -553,3 +553,16 @@ def test_a_failed_cache_write_leaves_no_file(colour_model, tmp_path, monkeypatch
     with pytest.raises(OSError, match="No space left"):
         encode_benchmark(colour_model, data, cache_dir=tmp_path / "cache", progress=False)
     assert [p for p in (tmp_path / "cache").rglob("*") if p.is_file()] == []
+
+
+def test_to_pil_scales_rounds_clips_and_keeps_three_bands() -> None:
+    from dgtrs_geo.evaluation.embeddings import to_pil
+
+    image = torch.tensor([[-5.0, 0.4, 100.6, 300.0]]).expand(4, 1, 4).clone()
+    image[3] = 7.0  # a fourth band (NIR, alpha...) is not shown
+    rgb = to_pil(image)
+    assert rgb.mode == "RGB" and rgb.size == (4, 1)
+    assert np.asarray(rgb)[0].tolist() == [[0, 0, 0], [0, 0, 0], [101, 101, 101], [255] * 3]
+    scaled = to_pil(image, pixel_scale=255 / 3000)
+    # 100.6 and 300 digital numbers: 8.55 -> 9 and 25.5 -> 26 (round half to even: 26).
+    assert np.asarray(scaled)[0, 2:].tolist() == [[9, 9, 9], [26, 26, 26]]

@@ -202,7 +202,9 @@ def test_polygon_areas_are_geodesic_square_metres(crs: str, transform: Affine) -
     ):
         expected = _geodesic_area(_cell_union(CELLS[name], transform), crs)
         assert geometry.equals(_cell_union(CELLS[name], transform))
-        assert area == pytest.approx(expected, rel=1e-5), name
+        # A tenth of the planar area's error at the central meridian (8e-4): room for a fast
+        # ellipsoidal formula, none for square map units.
+        assert area == pytest.approx(expected, rel=1e-4), name
         assert abs(geometry.area - expected) > 1e-4 * expected  # map units are not the answer
 
 

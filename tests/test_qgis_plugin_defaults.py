@@ -77,6 +77,19 @@ def test_ground_resolution_is_the_engines(demo, tmp_path) -> None:
     assert ground_resolution(utm) == pytest.approx(PIXEL)
 
 
+@pytest.mark.parametrize("metres_per_pixel", [0.03, 0.5, 2.0, 10.0, 147.05, 3000.0])
+def test_sizes_survive_a_round_trip_through_metres(metres_per_pixel) -> None:
+    from qgis_plugin.window_sizes import to_pixels, to_unit
+
+    sizes = list(range(1, 1000, 7))
+    metres = to_unit(sizes, "m", metres_per_pixel)
+    assert all(
+        abs(m - s * metres_per_pixel) <= 5e-4 * s * metres_per_pixel
+        for m, s in zip(metres, sizes, strict=True)
+    )
+    assert to_pixels(metres, "m", metres_per_pixel) == sizes
+
+
 def test_the_dock_shows_sizes_in_both_units_with_the_window_count(plugin, demo) -> None:
     widget = plugin.dock.window_sizes
     widget._typed = False

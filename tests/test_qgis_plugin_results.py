@@ -162,6 +162,19 @@ def test_heatmap_legend_metadata_and_tooltip_say_what_the_values_are(dock) -> No
         assert src.tags()["normalise"] == "minmax"
 
 
+def test_heatmap_metadata_gives_the_raw_cosine_range_when_the_engine_sends_it(dock) -> None:
+    from qgis_plugin.layers import describe_heatmap
+
+    record = find(dock, "a bright square", "16, 32")
+    heatmap = QgsRasterLayer(record["heatmap"], "h")
+    text = describe_heatmap(heatmap, dict(record, score_min=0.1, score_max=0.25))
+    assert "Raw cosine similarity of the windows: 0.1000 to 0.2500." in text
+    assert heatmap.abstract() == heatmap.metadata().abstract() == text
+    cosine = describe_heatmap(heatmap, dict(record, normalise="cosine"))
+    assert "Raw cosine similarity of each cell" in cosine and "Relative match" not in cosine
+    assert heatmap.title() == "a bright square: heatmap (cosine similarity)"
+
+
 def _polygons(values) -> QgsVectorLayer:
     layer = QgsVectorLayer("Polygon?crs=EPSG:32633&field=score_max:double", "p", "memory")
     features = []

@@ -4,6 +4,7 @@ mean against a brute-force loop, and the maps' contract."""
 from __future__ import annotations
 
 import copy
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -123,10 +124,8 @@ def test_dense_maps_contract(tiny_model) -> None:
         dense_probability_maps(image, [" "], tiny_model, (64,))
 
 
-def test_non_vit_towers_are_refused(tiny_model) -> None:
-    other = copy.copy(tiny_model)
-    other.clip = copy.copy(tiny_model.clip)
-    other.clip.visual = torch.nn.Linear(3, 3)
+def test_non_vit_towers_are_refused() -> None:
+    other = SimpleNamespace(clip=SimpleNamespace(visual=torch.nn.Linear(3, 3)))
     with pytest.raises(ValueError, match="VisionTransformer"):
         patch_grid(other)
 
@@ -135,3 +134,25 @@ def test_patch_index_bytes() -> None:
     # ViT-B/16 at 224 px: 14 x 14 patches of 512 float16 values = 200,704 bytes per window.
     assert patch_index_bytes(1, 14, 512) == 200_704
     assert patch_index_bytes(10, 4, 32, bytes_per_value=4) == 10 * 16 * 32 * 4
+
+
+def test_window_weight_one_gives_the_window_level_map(tiny_model) -> None:
+    from scipy.ndimage import gaussian_filter
+
+    from dgtrs_geo.localization.encode import preprocess_batch
+    from dgtrs_geo.localization.windows import plan_windows
+
+    image = np.random.default_rng(3).integers(0, 256, (128, 160, 3), dtype=np.uint8)
+    (got,) = dense_probability_maps(image, ["a red circle"], tiny_model, (64,), window_weight=1.0)
+    text = tiny_model.encode_text(["a red circle"])[0]
+    sums, counts = np.zeros((128, 160)), np.zeros((128, 160))
+    for x, y, w, h in plan_windows(160, 128, (64,)).windows:
+        crop = torch.from_numpy(image[y : y + h, x : x + w].transpose(2, 0, 1).copy())[None]
+        score = float(tiny_model.encode_image(preprocess_batch(crop, tiny_model))[0] @ text)
+        sums[y : y + h, x : x + w] += score
+        counts[y : y + h, x : x + w] += 1
+    mean = gaussian_filter(sums / counts, 64 / patch_grid(tiny_model) / 2, mode="nearest")
+    expected = (mean - mean.min()) / (mean.max() - mean.min())
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+    with pytest.raises(ValueError, match="window_weight"):
+        dense_probability_maps(image, ["x"], tiny_model, (64,), window_weight=1.5)

@@ -230,7 +230,8 @@ class Catalog:
         if heatmaps and out_dir is not None:
             from .heatmaps import localize_scenes
 
-            hits = localize_scenes(index, hits, loaded, self.store.options, heatmaps, out_dir)
+            options = self.store.options
+            hits = localize_scenes(self.store, index, hits, loaded, options, heatmaps, out_dir)
         if out_dir is not None:
             from .search import write_results
 

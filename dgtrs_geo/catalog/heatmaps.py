@@ -1,6 +1,6 @@
 """Heatmaps of the best scenes, from the embeddings a catalog stores: no window is encoded again.
 
-For each scene, the catalog's rows of that scene become an in-memory
+For each scene, the windows and float32 embeddings of its part become an in-memory
 :class:`~dgtrs_geo.localization.index.EmbeddingIndex` (its windows, embeddings, the scene's
 current fingerprint and description, the plan of its window sizes in pixels), which
 :meth:`Localizer.query <dgtrs_geo.localization.session.Localizer.query>` scores like any index:
@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import Any
 
 import geopandas as gpd
 import numpy as np
+import pyarrow.parquet as pq
 
-from ..errors import Cancelled, OutputError
+from ..errors import Cancelled, EmbeddingIndexError, OutputError
 from ..localization.index import EmbeddingIndex
 from ..localization.options import LocalizationOptions
 from ..localization.raster import RasterSource
@@ -27,6 +29,7 @@ from .indexing import SCENE_ERRORS, scene_fingerprint
 from .remote import local_raster
 from .search import SearchIndex
 from .sources import Scene
+from .store import CatalogStore
 
 __all__ = ["best_scenes", "localize_scenes"]
 
@@ -43,12 +46,24 @@ def best_scenes(hits: gpd.GeoDataFrame, n: int) -> dict[str, list[str]]:
     return wanted
 
 
+def _stored_rows(store: CatalogStore, record: Any) -> tuple[np.ndarray, np.ndarray]:
+    """A scene's windows and float32 embeddings, read from its verified part."""
+    if (problem := store.verify(dict(record))) is not None:
+        raise EmbeddingIndexError(f"{problem}: run `dgtrs-geo catalog index` again")
+    table = pq.read_table(
+        store.part_path(record["scene_id"]),
+        columns=["col_off", "row_off", "width", "height", "embedding"],
+    )
+    windows = np.stack([table[c].to_numpy() for c in table.column_names[:4]], axis=1)
+    vectors = table["embedding"].combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    return windows.astype(np.int64), vectors.reshape(table.num_rows, -1).astype(np.float32)
+
+
 def _scene_index(
-    index: SearchIndex, position: int, path: Path, model, options: LocalizationOptions
+    store: CatalogStore, record: Any, path: Path, model: Any, options: LocalizationOptions
 ) -> EmbeddingIndex:
     """The stored rows of one scene as an in-memory embedding index of the raster at ``path``."""
-    record = index.scenes.iloc[position]
-    start, stop = int(record["row_start"]), int(record["row_stop"])
+    windows, embeddings = _stored_rows(store, record)
     source = RasterSource(path, bands=options.bands, stretch=options.stretch)
     try:
         plan = plan_windows(source.width, source.height, [int(s) for s in options.scales])
@@ -57,14 +72,15 @@ def _scene_index(
             fingerprint=source.fingerprint(),
             raster=source.describe(),
             plan=plan_meta(plan, False, options.min_valid),
-            windows=np.asarray(index.windows[start:stop], dtype=np.int64),
-            embeddings=np.asarray(index.embeddings[start:stop], dtype=np.float32),
+            windows=windows,
+            embeddings=embeddings,
         )
     finally:
         source.close()
 
 
 def localize_scenes(
+    store: CatalogStore,
     index: SearchIndex,
     hits: gpd.GeoDataFrame,
     model,
@@ -75,6 +91,7 @@ def localize_scenes(
     """Write heatmaps and polygons of each query on its ``n`` best scenes.
 
     Args:
+        store: the catalog, whose parts hold each scene's float32 embeddings.
         index: the catalog's search index.
         hits: search results (columns ``query``, ``rank``, ``scene``...).
         model: the catalog's model, loaded.
@@ -110,7 +127,7 @@ def localize_scenes(
                 force=True,  # the windows are embedded already: a large plan costs nothing
             )
             with local_raster(scene.href) as path:
-                stored = _scene_index(index, positions[scene_id], path, model, scene_options)
+                stored = _scene_index(store, record, path, model, scene_options)
                 results = Localizer(model, scene_options).query(path, queries, stored)
         except (Cancelled, OutputError):
             raise

@@ -11,8 +11,12 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import InputError
+
+if TYPE_CHECKING:
+    from ..models import EmbeddingModel
 
 __all__ = ["DEMO_QUERIES", "DEMO_SCALES", "SampleMissingError", "demo_model", "sample_raster"]
 
@@ -52,7 +56,9 @@ def sample_raster() -> Path:
     )
 
 
-def demo_model(source: str, out_dir: str | Path, device: str = "auto") -> tuple[object, str]:
+def demo_model(
+    source: str, out_dir: str | Path, device: str = "auto"
+) -> tuple[EmbeddingModel, str]:
     """Load ``source``; if its weights cannot be had offline, use a random-weight tiny model.
 
     Args:

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter
 from torch import Tensor, nn
 
+from ..protocols import ClipModel
 from .encode import preprocess_batch
 from .windows import REFERENCE_SCALES, plan_windows
 
@@ -65,7 +66,7 @@ def _check_vit(visual: nn.Module) -> None:
         )
 
 
-def patch_grid(model) -> int:
+def patch_grid(model: ClipModel) -> int:
     """Patches per side of the model's image tower (e.g. 14 for a ViT-B/16 at 224 px).
 
     Args:
@@ -110,7 +111,7 @@ def _dense_last_block(block: nn.Module, x: Tensor, method: str) -> Tensor:
 
 
 @torch.inference_mode()
-def encode_patches(model, pixels: Tensor, method: str = "maskclip") -> tuple[Tensor, Tensor]:
+def encode_patches(model: ClipModel, pixels: Tensor, method: str = "maskclip") -> tuple[Tensor, Tensor]:
     """Window and patch embeddings of a batch, from one pass through all blocks but the last.
 
     Args:
@@ -139,7 +140,7 @@ def encode_patches(model, pixels: Tensor, method: str = "maskclip") -> tuple[Ten
 
 
 def encode_dense(
-    model,
+    model: ClipModel,
     image: np.ndarray,
     windows: np.ndarray,
     method: str = "maskclip",
@@ -213,10 +214,11 @@ def patch_mean_map(windows: np.ndarray, scores: np.ndarray, shape: tuple[int, in
 def dense_probability_maps(
     image: np.ndarray,
     queries: Sequence[str],
-    model,
+    model: ClipModel,
     scales: Sequence[int] = REFERENCE_SCALES,
     method: str = "maskclip",
     sigma: float | None = None,
+    window_weight: float = 0.0,
     batch_size: int = 32,
 ) -> list[np.ndarray]:
     """Return patch-level probability maps of queries over an image, in pixel coordinates.
@@ -232,6 +234,8 @@ def dense_probability_maps(
         scales: window sizes in pixels.
         method: one of :data:`DENSE_METHODS`.
         sigma: Gaussian smoothing in pixels (``None``: half a patch of the smallest window).
+        window_weight: share of the window's own score in each patch's score (0: patches
+            only; 1: the window-level map at patch resolution).
         batch_size: windows per forward.
 
     Returns:
@@ -244,12 +248,17 @@ def dense_probability_maps(
         raise ValueError("every query must describe what to find, e.g. 'a tennis court'")
     height, width = image.shape[:2]
     plan = plan_windows(width, height, scales)
-    _, patches = encode_dense(model, image, plan.windows, method, batch_size)
+    if not 0.0 <= window_weight <= 1.0:
+        raise ValueError(f"window_weight must lie in [0, 1], got {window_weight}")
+    windows, patches = encode_dense(model, image, plan.windows, method, batch_size)
     texts = model.encode_text(list(queries)).numpy()
     sigma = min(scales) / patch_grid(model) / 2 if sigma is None else sigma
     maps = []
     for text in texts:
-        mean = patch_mean_map(plan.windows, patches @ text, (height, width))
+        scores = (1 - window_weight) * (patches @ text) + window_weight * (windows @ text)[
+            :, None, None
+        ]
+        mean = patch_mean_map(plan.windows, scores, (height, width))
         if sigma > 0:
             mean = gaussian_filter(mean, sigma, mode="nearest")
         low, high = float(mean.min()), float(mean.max())

@@ -77,7 +77,7 @@ def polygon_areas(geoms: list[BaseGeometry], crs: CRS | None) -> list[float]:
 
     Polygons are densified (edges of at most 1 km), transformed to EPSG:4326 and measured on the
     ellipsoid (:func:`_ring_areas`, vectorised; checked against ``pyproj.Geod`` in the tests): a
-    planar area in Web Mercator would be too large by the square of the scale factor (+23 % at
+    planar area in Web Mercator would be too large by the square of the scale factor (+22 % at
     25 degrees latitude). Without a CRS, areas are in square pixels.
 
     Args:

@@ -14,10 +14,12 @@ smooths with a Gaussian, which keeps NaN (nodata) cells apart.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import cv2
 import numpy as np
 
+from ..protocols import WindowModel
 from .encode import encode_texts, encode_windows
 from .heatmap import accumulate, auto_cell, grid_windows, normalise, smooth
 from .raster import ArraySource
@@ -29,7 +31,9 @@ __all__ = ["fast_probability_map", "reference_finish", "reference_probability_ma
 REFERENCE_BLUR = 251
 
 
-def reference_finish(mean_scores: np.ndarray, jpeg_roundtrip: bool = False) -> np.ndarray:
+def reference_finish(
+    mean_scores: np.ndarray[Any, Any], jpeg_roundtrip: bool = False
+) -> np.ndarray[Any, Any]:
     """Turn per-pixel mean scores into the published recipe's probability map.
 
     Min-max to [0, 1], ``uint8(255 * p)`` (truncation), OpenCV median blur with kernel 251,
@@ -58,14 +62,14 @@ def reference_finish(mean_scores: np.ndarray, jpeg_roundtrip: bool = False) -> n
 
 
 def _mean_scores(
-    image: np.ndarray,
+    image: np.ndarray[Any, Any],
     query: str,
-    model,
+    model: WindowModel,
     scales: Sequence[int],
     reference: bool,
     batch_size: int | None,
     cell: int = 1,
-) -> np.ndarray:
+) -> np.ndarray[Any, Any]:
     if not query or not query.strip():
         raise ValueError("the query is empty: describe what to find, e.g. 'a tennis court'")
     source = ArraySource(image)
@@ -79,13 +83,13 @@ def _mean_scores(
 
 
 def reference_probability_map(
-    image: np.ndarray,
+    image: np.ndarray[Any, Any],
     query: str,
-    model,
+    model: WindowModel,
     scales: Sequence[int] = REFERENCE_SCALES,
     jpeg_roundtrip: bool = False,
     batch_size: int | None = None,
-) -> np.ndarray:
+) -> np.ndarray[Any, Any]:
     """Return the published recipe's SeLo probability map of an image, in pixel coordinates.
 
     Batching the crops changes nothing but speed: each crop is preprocessed exactly as the recipe
@@ -108,13 +112,13 @@ def reference_probability_map(
 
 
 def fast_probability_map(
-    image: np.ndarray,
+    image: np.ndarray[Any, Any],
     query: str,
-    model,
+    model: WindowModel,
     scales: Sequence[int] = REFERENCE_SCALES,
     sigma: float | None = None,
     batch_size: int | None = None,
-) -> np.ndarray:
+) -> np.ndarray[Any, Any]:
     """Return the fast mode's probability map of an image (the default of :func:`localize`).
 
     Args:

@@ -179,8 +179,10 @@ class DgtrsGeoDock(QDockWidget):
 
     def set_status(self, text: str, error: bool = False) -> None:
         """Show ``text`` on the status line (red for an error, which the next success replaces)."""
+        if error != self._error_shown:
+            # Only on a change: restyling on every progress event would slow the GUI thread.
+            self.status.setStyleSheet(ERROR_STYLE if error else "")
         self._error_shown = error
-        self.status.setStyleSheet(ERROR_STYLE if error else "")
         self.status.setText(text)
 
     def _browse_checkpoint(self) -> None:

@@ -1,0 +1,338 @@
+"""Catalog search (ANN vs exact) and catalog indexing throughput, as JSON.
+
+Usage: python benchmarks/catalog.py [--sizes 1000000,10000000] [--only search,indexing]
+                                    [--device cpu|cuda] [--workdir DIR --keep]
+
+search: for each size, that many clustered unit vectors of dimension 512 (ViT-B/16's) are written
+    block by block straight into a float16 ``.npy`` memory map, as a catalog stores them (never all
+    in RAM). Real window embeddings are not spread evenly on the sphere: they fill a narrow cone
+    (two random image embeddings have cosine ~0.3), in clusters of similar ground of very uneven
+    sizes, each varying along few directions. So: 4,096 centres around a shared direction,
+    lognormal cluster sizes, each cluster spread along a 32-d subspace (64 subspaces shared among
+    the clusters) with a per-cluster spread, plus a little isotropic noise. Queries are fresh draws
+    from the same distribution (near the data). For each size it records
+    - ``exact``: the time of one exact pass (``exact_search``, the reference) for all queries;
+    - ``build``: ``build_ann`` in a child process: wall and CPU seconds, peak RSS, bytes on disk;
+    - ``search``: a child process loads the index and answers one query at a time, top 100: the
+      first query with the embeddings' and index's pages dropped from the page cache
+      (``posix_fadvise``: "cold"), then the median and p95 over the rest; recall@100 against exact;
+      its peak RSS, and how much of it is private (``RssAnon``) or pages of mapped files
+      (``RssFile``, reclaimable); ``--sweep`` adds recall and latency for other ``nprobe``.
+indexing: ``Catalog.build`` over 200 small scenes vs the single-raster pipeline (``encode_windows``
+    per scene) on the same windows, same model, batch and device: the ratio of windows per second
+    (target >= 0.9). ``--device cuda`` runs it on a GPU (use ``--arch dgtrs-vit-b-16`` there).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from dgtrs_geo.catalog.ann import AnnIndex, build_ann, exact_search
+
+DIM = 512
+K = 100
+
+
+def clustered_unit_vectors(
+    path: Path, rows: int, dim: int = DIM, *, centres: int = 4096, seed: int = 0
+) -> dict:
+    """Write ``rows`` clustered unit vectors to ``path`` (float16 ``.npy``), block by block."""
+    rng = np.random.default_rng(seed)
+    model = _cluster_model(rng, dim, centres)
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=(rows, dim))
+    for start in range(0, rows, 1 << 16):
+        out[start : start + (1 << 16)] = _draw(rng, model, min(1 << 16, rows - start))
+    out.flush()
+    del out
+    return model
+
+
+def _cluster_model(rng: np.random.Generator, dim: int, centres: int) -> dict:
+    cone = rng.normal(size=dim)
+    cone /= np.linalg.norm(cone)
+    c = rng.normal(size=(centres, dim))
+    c /= np.linalg.norm(c, axis=1, keepdims=True)
+    c += 0.8 * cone  # the shared direction: mean pairwise cosine ~0.28
+    c /= np.linalg.norm(c, axis=1, keepdims=True)
+    bases = np.stack([np.linalg.qr(rng.normal(size=(dim, 32)))[0] for _ in range(64)])
+    weights = rng.lognormal(0.0, 1.0, centres)
+    return {
+        "centres": c.astype(np.float32),
+        "bases": bases.astype(np.float32),
+        "basis_of": rng.integers(64, size=centres),
+        "spread": rng.uniform(0.3, 0.9, centres).astype(np.float32),
+        "weights": weights / weights.sum(),
+    }
+
+
+def _draw(rng: np.random.Generator, model: dict, n: int) -> np.ndarray:
+    c, bases = model["centres"], model["bases"]
+    k = rng.choice(len(c), size=n, p=model["weights"])
+    coefficients = rng.standard_normal((n, bases.shape[2]), dtype=np.float32)
+    along = np.empty((n, c.shape[1]), np.float32)
+    which = model["basis_of"][k]
+    for b in np.unique(which):
+        sel = which == b
+        along[sel] = coefficients[sel] @ bases[b].T
+    along *= model["spread"][k, None] / math.sqrt(bases.shape[2])
+    noise = rng.standard_normal((n, c.shape[1]), dtype=np.float32) * (0.1 / math.sqrt(c.shape[1]))
+    x = c[k] + along + noise
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def _status_mib() -> dict:
+    """Peak RSS of this process (``VmHWM``: ``ru_maxrss`` would include the parent's peak before
+    the fork) and its private (``RssAnon``) and file-backed (``RssFile``) parts now, in MiB."""
+    names = {"VmHWM": "peak_rss_mib", "RssAnon": "rss_anon_mib", "RssFile": "rss_file_mib"}
+    out = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in names:
+            out[names[key]] = round(int(value.split()[0]) / 1024, 1)
+    return out
+
+
+def _drop_cache(*paths: Path) -> None:
+    """Evict these files' pages from the page cache (theirs only), for a cold first query."""
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def _child(args: list[str]) -> dict:
+    """Run this script with ``args`` in a fresh process; return its JSON and its CPU seconds."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    out = subprocess.run(
+        [sys.executable, __file__, *args], check=True, capture_output=True, text=True
+    ).stdout
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    row = json.loads(out.strip().splitlines()[-1])
+    row["child_wall_s"] = round(time.perf_counter() - start, 1)
+    row["child_cpu_s"] = round(
+        after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 1
+    )
+    return row
+
+
+def build_child(embeddings: Path, directory: Path) -> None:
+    vectors = np.load(embeddings, mmap_mode="r")
+    stages: dict[str, float] = {}
+    start = time.perf_counter()
+
+    def progress(fraction: float, stage: str) -> None:
+        stages.setdefault(stage.split(" ")[0], round(time.perf_counter() - start, 1))
+
+    build_ann(vectors, directory, progress=progress)
+    seconds = time.perf_counter() - start
+    print(json.dumps({"build_s": round(seconds, 1), "stages_started_s": stages, **_status_mib()}))
+
+
+def search_child(directory: Path, queries: Path, truth: Path, sweep: list[int]) -> None:
+    q, expected = np.load(queries), np.load(truth)
+    manifest = json.loads((directory / "ann.json").read_text())
+    files = [directory / name for name in manifest.get("files", {})]
+    _drop_cache(directory / manifest["embeddings"]["path"], *files)
+    before = _status_mib()
+    start = time.perf_counter()
+    index = AnnIndex.load(directory)
+    load_s = time.perf_counter() - start
+    after_load = _status_mib()
+    start = time.perf_counter()
+    _, rows = index.search(q[:1], K)
+    cold_s = time.perf_counter() - start
+    row = {"load_s": round(load_s, 3), "cold_first_query_s": round(cold_s, 4)}
+    row.update(_latency_recall(index, q, expected))
+    row["nprobe"], row["rerank"] = index.nprobe, index.rerank
+    row["rss_before_load"], row["rss_after_load"], row["rss_after_search"] = (
+        before, after_load, _status_mib(),
+    )  # fmt: skip
+    default = index.nprobe
+    row["sweep"] = []
+    for nprobe in sweep:
+        index.nprobe = nprobe
+        row["sweep"].append({"nprobe": nprobe, **_latency_recall(index, q, expected)})
+    index.nprobe = default
+    print(json.dumps(row))
+
+
+def _latency_recall(index: AnnIndex, q: np.ndarray, expected: np.ndarray) -> dict:
+    """Wall and CPU seconds (all threads of this process) per query, and recall@100."""
+    seconds, cpu, found = [], [], []
+    for i in range(len(q)):
+        start, start_cpu = time.perf_counter(), time.process_time()
+        _, rows = index.search(q[i : i + 1], K)
+        seconds.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
+        found.append(rows[0])
+    recall = np.mean([len(set(a) & set(b)) / K for a, b in zip(expected, found, strict=True)])
+    return {
+        "median_query_s": round(float(np.median(seconds)), 4),
+        "p95_query_s": round(float(np.percentile(seconds, 95)), 4),
+        "median_query_cpu_s": round(float(np.median(cpu)), 4),
+        "recall_at_100": round(float(recall), 4),
+    }
+
+
+def bench_search(rows: int, work: Path, queries: int, sweep: list[int]) -> dict:
+    embeddings = work / f"embeddings-{rows}.npy"
+    out: dict = {"rows": rows, "dim": DIM, "dtype": "float16", "queries": queries}
+    start = time.perf_counter()
+    if not embeddings.exists():
+        model = clustered_unit_vectors(embeddings, rows)
+        np.save(work / f"queries-{rows}.npy", _draw(np.random.default_rng(1), model, queries))
+        out["generate_s"] = round(time.perf_counter() - start, 1)
+    q = np.load(work / f"queries-{rows}.npy")
+    truth = work / f"truth-{rows}.npy"
+    vectors = np.load(embeddings, mmap_mode="r")
+    start = time.perf_counter()
+    _, expected = exact_search(vectors, q, K)
+    out["exact"] = {"one_pass_all_queries_s": round(time.perf_counter() - start, 2)}
+    np.save(truth, expected)
+    out["embeddings_bytes"] = embeddings.stat().st_size
+    directory = work / f"ann-{rows}"
+    shutil.rmtree(directory, ignore_errors=True)
+    out["load_avg_before_build"] = os.getloadavg()[0]
+    out["build"] = _child(["--build-child", str(embeddings), "--directory", str(directory)])
+    manifest = json.loads((directory / "ann.json").read_text())
+    out["index"] = {
+        k: manifest.get(k) for k in ("kind", "factory", "nlist", "nprobe", "rerank", "faiss")
+    }
+    out["index"]["bytes_on_disk"] = sum(p.stat().st_size for p in directory.iterdir())
+    out["index"]["bytes_per_row"] = round(out["index"]["bytes_on_disk"] / rows, 1)
+    out["load_avg_before_search"] = os.getloadavg()[0]
+    out["search"] = _child(
+        ["--search-child", str(directory), "--queries-path", str(work / f"queries-{rows}.npy"),
+         "--truth", str(truth), "--sweep", ",".join(map(str, sweep))]
+    )  # fmt: skip
+    return out
+
+
+def bench_indexing(arch: str, device: str, scenes: int, size: int, tmp: Path) -> dict:
+    """Catalog.build over ``scenes`` small rasters vs encode_windows on each, same windows."""
+    import torch
+
+    from dgtrs_geo.localization.encode import encode_windows
+    from dgtrs_geo.localization.raster import RasterSource
+    from dgtrs_geo.localization.windows import plan_windows
+    from dgtrs_geo.models import EmbeddingModel, create_clip
+
+    try:
+        from dgtrs_geo.catalog import Catalog
+    except ImportError as error:
+        return {"skipped": f"dgtrs_geo.catalog.Catalog is not importable: {error}"}
+    torch.manual_seed(0)
+    model = EmbeddingModel(create_clip(arch), model_id=f"random-{arch}", device=device)
+    folder = tmp / "scenes"
+    folder.mkdir()
+    paths = [_scene(folder / f"scene{i:03d}.tif", size, i) for i in range(scenes)]
+    scales, batch = (64, 128), 32
+    plans = [plan_windows(size, size, scales).windows for _ in paths]
+    encode_windows(model, RasterSource(paths[0]), plans[0][:batch], batch_size=batch)  # warm-up
+    start = time.perf_counter()
+    windows = sum(
+        len(encode_windows(model, RasterSource(p), w, batch_size=batch)[0])
+        for p, w in zip(paths, plans, strict=True)
+    )
+    single_s = time.perf_counter() - start
+    start = time.perf_counter()
+    catalog = Catalog.build(
+        [str(folder)], model, tmp / "bench.dgtrs-catalog", scales=scales, scale_unit="px",
+        batch_size=batch, device=device,
+    )  # fmt: skip
+    catalog_s = time.perf_counter() - start
+    rows = len(catalog)
+    return {
+        "scenes": scenes, "scene_px": size, "scales_px": list(scales), "batch": batch,
+        "windows_single_raster": windows, "windows_catalog": rows,
+        "single_raster_s": round(single_s, 2), "catalog_s": round(catalog_s, 2),
+        "single_raster_windows_per_s": round(windows / single_s, 1),
+        "catalog_windows_per_s": round(rows / catalog_s, 1),
+        "ratio": round((rows / catalog_s) / (windows / single_s), 3),
+    }  # fmt: skip
+
+
+def _scene(path: Path, size: int, seed: int) -> Path:
+    import rasterio
+    from rasterio.transform import from_origin
+
+    pixels = np.random.default_rng(seed).integers(0, 255, (3, size, size), dtype=np.uint8)
+    profile = {
+        "driver": "GTiff", "width": size, "height": size, "count": 3, "dtype": "uint8",
+        "crs": "EPSG:32633", "transform": from_origin(500000 + 1000 * seed, 4000000, 1.0, 1.0),
+    }  # fmt: skip
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(pixels)
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--sizes", default="1000000,10000000")
+    parser.add_argument("--only", default="search,indexing")
+    parser.add_argument("--queries", type=int, default=50)
+    parser.add_argument("--sweep", default="", help="other nprobe values to try, e.g. 16,32,64")
+    parser.add_argument("--workdir", help="keep generated data here (default: a temp folder)")
+    parser.add_argument("--keep", action="store_true", help="keep --workdir's files at the end")
+    parser.add_argument("--arch", default="dgtrs-tiny")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--scenes", type=int, default=200)
+    parser.add_argument("--scene-px", type=int, default=256)
+    parser.add_argument("--build-child")
+    parser.add_argument("--search-child")
+    parser.add_argument("--directory")
+    parser.add_argument("--queries-path")
+    parser.add_argument("--truth")
+    args = parser.parse_args()
+    if args.build_child:
+        build_child(Path(args.build_child), Path(args.directory))
+        return
+    if args.search_child:
+        sweep = [int(s) for s in args.sweep.split(",") if s]
+        search_child(Path(args.search_child), Path(args.queries_path), Path(args.truth), sweep)
+        return
+    import faiss
+
+    report: dict = {
+        "benchmark": "catalog", "cpu_count": os.cpu_count(), "faiss_threads": faiss.omp_get_max_threads(),
+        "load_avg_1min": os.getloadavg()[0], "faiss": faiss.__version__, "numpy": np.__version__,
+        "python": platform.python_version(), "processor": platform.processor() or platform.machine(),
+    }  # fmt: skip
+    only = set(args.only.split(","))
+    with tempfile.TemporaryDirectory() as name:
+        work = Path(args.workdir or name)
+        work.mkdir(parents=True, exist_ok=True)
+        if "search" in only:
+            sweep = [int(s) for s in args.sweep.split(",") if s]
+            report["search"] = []
+            for rows in (int(float(s)) for s in args.sizes.split(",")):
+                report["search"].append(bench_search(rows, work, args.queries, sweep))
+                if not args.keep:
+                    for path in work.glob(f"*-{rows}*"):
+                        shutil.rmtree(path) if path.is_dir() else path.unlink()
+        if "indexing" in only:
+            report["indexing"] = bench_indexing(
+                args.arch, args.device, args.scenes, args.scene_px, Path(name)
+            )
+    json.dump(report, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+
+
+if __name__ == "__main__":
+    main()
