@@ -20,22 +20,19 @@
 #                     tests cannot un-kill a mutant, so killed verdicts stand). Minutes, not hours.
 #   MUTATION_RETEST=0 with MUTATION_RESUME: only finish the mutants without a verdict (an
 #                     interrupted run), do not test the survivors again
+#   MUTATION_SUMMARY_ONLY=1  with MUTATION_WORKDIR: only write the result files of that folder
 # Score = (killed + timeout) / (mutants - skipped); "no tests" mutants count as not killed.
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 python="${PYTHON:-$repo/.venv/bin/python}"
 mutmut="$(dirname "$python")/mutmut"
-source_tree="$(cd "${MUTATION_SOURCE:-$repo}" && pwd)"
-label="${MUTATION_LABEL:-$(date +%Y%m%d-%H%M)}"
-jobs="${MUTATION_JOBS:-1}"
-modules=("$@")
-[ ${#modules[@]} -eq 0 ] && modules=(evaluation localization models)
+results="$repo/benchmarks/results"
 
 # Each module's tests: the files that exercise it directly (globs, expanded in the copy). Tests
 # that only reach a module through a subprocess (worker, QGIS) cannot kill its mutants in-process.
 declare -A tests=(
     [evaluation]="tests/test_zeroshot.py tests/test_retrieval.py tests/test_evaluation_*.py
-                  tests/test_selo*.py tests/test_oracle_evaluation*.py"
+                  tests/test_selo*.py tests/test_oracle_evaluation*.py tests/test_oracle_selo*.py"
     [localization]="tests/test_localization_*.py tests/test_oracle_localization*.py
                     tests/test_oracle_polygons*.py tests/test_oracle_cli*.py"
     [models]="tests/test_kps.py tests/test_checkpoints.py tests/test_cli_models.py
@@ -48,28 +45,26 @@ declare -A deselect=(
                   or retrieval_matches_a_direct_computation or cached_embeddings_are_reused)"
 )
 
-workdir="${MUTATION_WORKDIR:-$(mktemp -d /tmp/dgtrs-mutation.XXXXXX)}"
-cleanup() { [ "${MUTATION_KEEP:-0}" = 1 ] || rm -rf "$workdir"; }
-trap cleanup EXIT
-results="$repo/benchmarks/results"
-mkdir -p "$results"
-export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 QT_QPA_PLATFORM=offscreen
-
-for module in "${modules[@]}"; do
-    [ -n "${tests[$module]:-}" ] || { echo "unknown module $module" >&2; exit 2; }
-    copy="$workdir/$module"
+# Copy the tree to mutate into $1: as git sees it (tracked and untracked, not ignored), or all
+# of an exported tree.
+copy_tree() {
+    local copy="$1"
     rm -rf "$copy" && mkdir -p "$copy"
-    # The tree as git sees it (tracked and untracked, not ignored), or all of an exported tree.
     if git -C "$source_tree" rev-parse --show-toplevel >/dev/null 2>&1; then
         git -C "$source_tree" ls-files -co --exclude-standard -z \
             | (cd "$source_tree" && xargs -0 cp --parents -t "$copy" 2>/dev/null || true)
     else
         (cd "$source_tree" && tar -c --exclude=.venv --exclude=mutants .) | tar -x -C "$copy"
     fi
+}
+
+# Write the copy's [tool.mutmut]: this repository's settings, narrowed to module $2.
+write_config() {
+    local copy="$1" module="$2" selected
     selected=$(cd "$copy" && for f in ${tests[$module]}; do if [ -f "$f" ]; then echo "$f"; fi; done)
+    echo "== mutmut on dgtrs_geo/$module ($(echo $selected | wc -w) test files) in $copy" >&2
     "$python" - "$repo/pyproject.toml" "$copy/pyproject.toml" "$module" "${deselect[$module]:-}" \
         $selected <<'PY'
-"""Write the copy's [tool.mutmut]: this repository's settings, narrowed to one module."""
 import json
 import re
 import sys
@@ -90,22 +85,16 @@ text = open(target).read()
 text = re.sub(r"(?ms)^\[tool\.mutmut\]\n.*?(?=^\[|\Z)", "", text)
 open(target, "w").write(text.rstrip("\n") + "\n\n" + section)
 PY
-    echo "== mutmut on dgtrs_geo/$module ($(echo $selected | wc -w) test files) in $copy" >&2
-    start=$(date +%s)
-    run() { (cd "$copy" && nice -n 15 "$mutmut" run --max-children "$jobs" "$@" >>"$copy/mutmut.log" 2>&1); }
-    fail() {
-        tail -n 30 "$copy/mutmut.log" >&2
-        echo "mutmut failed on $module (log: $copy/mutmut.log)" >&2
-        MUTATION_KEEP=1
-        exit 1
-    }
-    if [ -n "${MUTATION_RESUME:-}" ]; then
-        # The earlier verdicts and stats; mutmut re-creates the mutants of changed functions.
-        mkdir -p "$copy/mutants/dgtrs_geo"
-        cp -p "$MUTATION_RESUME/$module/mutants/mutmut-stats.json" "$copy/mutants/"
-        cp -rp "$MUTATION_RESUME/$module/mutants/dgtrs_geo/$module" "$copy/mutants/dgtrs_geo/"
-        (cd "$copy" && "$python" - <<'PY'
-"""Accept the new test selection (added test files): more tests cannot un-kill a mutant."""
+}
+
+# Take over an earlier run's verdicts and stats ($MUTATION_RESUME); mutmut re-creates the mutants
+# of changed functions, and the stats accept the new test selection (added test files).
+resume_from() {
+    local copy="$1" module="$2"
+    mkdir -p "$copy/mutants/dgtrs_geo"
+    cp -p "$MUTATION_RESUME/$module/mutants/mutmut-stats.json" "$copy/mutants/"
+    cp -rp "$MUTATION_RESUME/$module/mutants/dgtrs_geo/$module" "$copy/mutants/dgtrs_geo/"
+    (cd "$copy" && "$python" - <<'PY'
 import json
 from pathlib import Path
 
@@ -116,13 +105,12 @@ stats = json.loads(stats_path.read_text())
 stats["config_fingerprint"] = config().config_fingerprint()
 stats_path.write_text(json.dumps(stats))
 PY
-        )
-    fi
-    # Every mutant without a verdict: all of them on a fresh run, changed functions on a resume.
-    run || fail
-    if [ -n "${MUTATION_RESUME:-}" ] && [ "${MUTATION_RETEST:-1}" != 0 ]; then
-        mapfile -t again < <(cd "$copy" && "$python" - <<'PY'
-"""The mutants the earlier run left alive, to test again with the new tests."""
+    )
+}
+
+# The mutants of the copy in $1 that are alive (survived, no tests, suspicious...).
+unkilled() {
+    (cd "$1" && "$python" - <<'PY'
 import json
 from pathlib import Path
 
@@ -133,15 +121,36 @@ for meta in Path("mutants").rglob("*.py.meta"):
         if status_by_exit_code[code] not in ("killed", "timeout"):
             print(name)
 PY
-        )
-        if [ ${#again[@]} -gt 0 ]; then run "${again[@]}" || fail; fi
+    )
+}
+
+run_module() {
+    local module="$1" copy="$workdir/$1" start again=()
+    [ -n "${tests[$module]:-}" ] || { echo "unknown module $module" >&2; return 2; }
+    copy_tree "$copy"
+    write_config "$copy" "$module"
+    start=$(date +%s)
+    [ -z "${MUTATION_RESUME:-}" ] || resume_from "$copy" "$module"
+    mutmut_run() {
+        (cd "$copy" && nice -n 15 "$mutmut" run --max-children "$jobs" "$@" >>"$copy/mutmut.log" 2>&1) || {
+            tail -n 30 "$copy/mutmut.log" >&2
+            echo "mutmut failed on $module (log: $copy/mutmut.log)" >&2
+            MUTATION_KEEP=1
+            return 1
+        }
+    }
+    # Every mutant without a verdict: all of them on a fresh run, changed functions on a resume.
+    mutmut_run
+    if [ -n "${MUTATION_RESUME:-}" ] && [ "${MUTATION_RETEST:-1}" != 0 ]; then
+        mapfile -t again < <(unkilled "$copy")
+        [ ${#again[@]} -eq 0 ] || mutmut_run "${again[@]}"
     fi
     echo "$(($(date +%s) - start))" >"$copy/seconds"
-done
+}
 
-# Summarise every module run into one JSON and one Markdown file.
-"$python" - "$workdir" "$results/mutation-$label" "$source_tree" "${modules[@]}" <<'PY'
-"""Scores and survivors per module (and per file) from mutmut's .meta files."""
+# Scores and survivors per module (and per file) from mutmut's .meta files, as JSON and Markdown.
+summarise() {
+    "$python" - "$workdir" "$results/mutation-$label" "$source_tree" "$@" <<'PY'
 import json
 import os
 import sys
@@ -150,37 +159,41 @@ from pathlib import Path
 workdir, out, source, *modules = sys.argv[1:]
 report = {"source": source, "modules": {}}
 lines = [f"# Mutation testing ({Path(out).name})", "", f"Source tree: `{source}`", ""]
-lines += ["| module | mutants | killed | timeout | survived | no tests | score |", "|---|---|---|---|---|---|---|"]
+lines += ["| module | mutants | killed | timeout | survived | no tests | score |"]
+lines += ["|---|---|---|---|---|---|---|"]
 details = []
+
+
+def score(counts):
+    tested = sum(counts.values()) - counts.get("skipped", 0)
+    killed = counts.get("killed", 0) + counts.get("timeout", 0)
+    return round(100 * killed / tested, 1) if tested else None
+
+
 for module in modules:
     copy = Path(workdir) / module
     os.chdir(copy)
-    sys.path.insert(0, str(copy))
     from mutmut.mutation.diff_apply import get_diff_for_mutant
     from mutmut.stats import status_by_exit_code
 
     files, survivors, totals = {}, [], {}
     for meta in sorted((copy / "mutants" / "dgtrs_geo" / module).rglob("*.py.meta")):
         path = str(meta.relative_to(copy / "mutants"))[: -len(".meta")]
-        codes = json.loads(meta.read_text())["exit_code_by_key"]
         counts = {}
-        for name, code in codes.items():
+        for name, code in json.loads(meta.read_text())["exit_code_by_key"].items():
             status = status_by_exit_code[code]
             counts[status] = counts.get(status, 0) + 1
             totals[status] = totals.get(status, 0) + 1
-            if status in ("survived", "no tests", "suspicious"):
-                survivors.append({"name": name, "file": path, "status": status,
-                                  "diff": get_diff_for_mutant(name, path=path)})
-        files[path] = counts
-
-    def score(counts):
-        tested = sum(counts.values()) - counts.get("skipped", 0)
-        killed = counts.get("killed", 0) + counts.get("timeout", 0)
-        return round(100 * killed / tested, 1) if tested else None
-
+            if status not in ("killed", "timeout"):
+                diff = get_diff_for_mutant(name, path=path)
+                survivors.append({"name": name, "file": path, "status": status, "diff": diff})
+        if counts:
+            files[path] = counts
     seconds = (copy / "seconds").read_text().strip() if (copy / "seconds").exists() else None
     report["modules"][module] = {
-        "score": score(totals), "counts": totals, "seconds": seconds,
+        "score": score(totals),
+        "counts": totals,
+        "seconds": seconds,
         "files": {p: {"score": score(c), "counts": c} for p, c in files.items()},
         "survivors": survivors,
     }
@@ -189,9 +202,12 @@ for module in modules:
         f"| {module} | {sum(t.values())} | {t.get('killed', 0)} | {t.get('timeout', 0)} | "
         f"{t.get('survived', 0)} | {t.get('no tests', 0)} | {score(t)} % |"
     )
-    details += [f"## {module}", "", "| file | mutants | score |", "|---|---|---|"]
-    details += [f"| {p} | {sum(c.values())} | {score(c)} % |" for p, c in files.items()]
-    details += ["", f"### Surviving mutants of {module} ({len(survivors)})", ""]
+    details += [f"## {module}", "", "| file | mutants | killed | score |", "|---|---|---|---|"]
+    details += [
+        f"| {p} | {sum(c.values())} | {c.get('killed', 0) + c.get('timeout', 0)} | {score(c)} % |"
+        for p, c in files.items()
+    ]
+    details += ["", f"### Mutants left alive in {module} ({len(survivors)})", ""]
     for s in survivors:
         details += [f"`{s['name']}` ({s['status']})", "", "```diff", s["diff"].strip(), "```", ""]
 Path(out + ".json").write_text(json.dumps(report, indent=2) + "\n")
@@ -199,3 +215,30 @@ Path(out + ".md").write_text("\n".join(lines + [""] + details) + "\n")
 print(json.dumps({m: {"score": r["score"], **r["counts"]} for m, r in report["modules"].items()}))
 print(f"wrote {out}.json and {out}.md", file=sys.stderr)
 PY
+}
+
+main() {
+    source_tree="$(cd "${MUTATION_SOURCE:-$repo}" && pwd)"
+    label="${MUTATION_LABEL:-$(date +%Y%m%d-%H%M)}"
+    jobs="${MUTATION_JOBS:-1}"
+    local modules=("$@")
+    [ ${#modules[@]} -eq 0 ] && modules=(evaluation localization models)
+    mkdir -p "$results"
+    export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 QT_QPA_PLATFORM=offscreen
+    if [ "${MUTATION_SUMMARY_ONLY:-0}" = 1 ]; then
+        workdir="${MUTATION_WORKDIR:?MUTATION_SUMMARY_ONLY needs MUTATION_WORKDIR}"
+        summarise "${modules[@]}"
+        return
+    fi
+    workdir="${MUTATION_WORKDIR:-$(mktemp -d /tmp/dgtrs-mutation.XXXXXX)}"
+    trap '[ "${MUTATION_KEEP:-0}" = 1 ] || rm -rf "$workdir"' EXIT
+    for module in "${modules[@]}"; do
+        run_module "$module"
+    done
+    summarise "${modules[@]}"
+}
+
+# The whole file is read before it runs (main is called last), so editing it during a
+# run of several hours cannot change what that run does.
+main "$@"
+exit

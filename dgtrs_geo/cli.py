@@ -351,11 +351,11 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 class _Deprecated(argparse.Action):
     """A flag of 0.1 kept until 0.3: stores like its successor and says which that is."""
 
-    def __init__(self, option_strings: list[str], dest: str, use: str, **kwargs: object) -> None:
+    def __init__(self, option_strings: list[str], dest: str, use: str, **kwargs: Any) -> None:
         self.use = use
         # Never a default of its own: the successor's (or the options') default stands.
         kwargs["default"] = argparse.SUPPRESS
-        super().__init__(option_strings, dest, help=argparse.SUPPRESS, **kwargs)  # type: ignore[arg-type]
+        super().__init__(option_strings, dest, help=argparse.SUPPRESS, **kwargs)
 
     def __call__(  # noqa: D102
         self,

@@ -35,6 +35,19 @@ option with its default: the schema a client builds requests from. Operations:
   to ``options.out_dir`` (a job). Result: ``{model_id, index_warm, windows, results: [...]}``,
   one :meth:`LocalizationResult.to_json() <dgtrs_geo.localization.session.LocalizationResult.to_json>`
   per query (plus ``heatmap`` and ``polygons``: their file paths, as protocol 1 gave them).
+- ``catalog_build`` ``{sources, out, model, options?}``: index files, folders, VRT mosaics and
+  STAC JSON into a catalog folder (a job; cancel keeps the scenes finished so far). Result:
+  ``{catalog, model_id, indexed, unchanged, scenes, windows, failed: [{source, error}], ok,
+  report}``.
+- ``catalog_search`` ``{catalog, queries, model?, options?: {top, bbox, bbox_crs, date,
+  min_distance, out_dir, device}}``: the best windows across the catalog (a job). Result:
+  ``{catalog, model_id, count, rows: [...], gpkg, layer, parquet}``; each row has ``query``,
+  ``rank``, ``score``, ``scene``, ``href``, ``date`` (ISO 8601 or null), ``item_id``, the window
+  in scene pixels, ``size_m`` and ``wkt`` (EPSG:4326); ``gpkg`` holds the same rows.
+- ``catalog_localize`` ``{catalog, scene, queries, model?, out_dir?, options?}``: heatmap and
+  polygons of one catalog scene from its stored embeddings, no window encoded again (a job).
+  Result: as ``localize``'s, plus ``scene`` and ``href``. ``model`` left out: the catalog's.
+  See :mod:`dgtrs_geo.worker_catalog`.
 - ``cancel`` ``{target}``: stop the job with id ``target`` (queued or running).
 - ``shutdown``: cancel everything and exit.
 
@@ -107,7 +120,7 @@ class _Request:
 class _Job:
     id: str
     op: str
-    request: _Request
+    request: Any  # _Request, or a worker_catalog.CatalogRequest for the catalog ops
     cancel: threading.Event = field(default_factory=threading.Event)
 
 
@@ -252,10 +265,20 @@ class Worker:
                     with self._state_lock:
                         self._queued[request_id] = job
                     self._jobs.put(job)
+                case "catalog_build" | "catalog_search" | "catalog_localize":
+                    if request_id is None:
+                        raise BadRequest(f'a "{op}" request needs an "id"')
+                    from .worker_catalog import parse_catalog_job
+
+                    job = _Job(request_id, op, parse_catalog_job(op, params))
+                    with self._state_lock:
+                        self._queued[request_id] = job
+                    self._jobs.put(job)
                 case _:
                     raise BadRequest(
                         f"unknown op {op!r}; expected ping, diagnostics, count_tokens, index, "
-                        "localize, cancel or shutdown"
+                        "localize, catalog_build, catalog_search, catalog_localize, cancel or "
+                        "shutdown"
                     )
         except json.JSONDecodeError as error:
             self._error(request_id, BadRequest(f"request is not JSON: {error}"))
@@ -307,7 +330,9 @@ class Worker:
 
                 progress(0.0, f"{job.op} started", "starting")
                 request = job.request
-                handler = self.localize if job.op == "localize" else self.index
+                handler = {"index": self.index, "localize": self.localize}.get(
+                    job.op, self._catalog_job
+                )
                 result = handler(request, progress=progress, cancel=job.cancel)
                 if request.deprecations:
                     result["deprecations"] = request.deprecations
@@ -402,6 +427,14 @@ class Worker:
             "model_id": session.model.model_id,
             "warm": session.cache_info().hits > hits,
         }
+
+    def _catalog_job(
+        self, request: Any, *, progress: ProgressFn, cancel: threading.Event
+    ) -> dict[str, Any]:
+        """Run a catalog operation with this worker's model sessions; see the module docstring."""
+        from .worker_catalog import run_catalog_job
+
+        return run_catalog_job(request, self.session, progress=progress, cancel=cancel)
 
     def localize(
         self, request: _Request, *, progress: ProgressFn, cancel: threading.Event

@@ -8,6 +8,8 @@ single-raster index, and that heatmaps from stored embeddings are those of ``loc
 
 from __future__ import annotations
 
+import json
+import socket
 import warnings
 from pathlib import Path
 
@@ -16,6 +18,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import rasterio
+import rasterio.shutil
 import shapely
 import torch
 import torch.nn.functional as F
@@ -27,6 +30,7 @@ from dgtrs_geo.catalog.search import SearchIndex
 from dgtrs_geo.errors import IndexMismatchError, InputError
 from dgtrs_geo.localization import build_index, localize
 from dgtrs_geo.localization.encode import encode_texts
+from tests.support.http import serve_directory
 
 MEAN = (0.48145466, 0.4578275, 0.40821073)
 STD = (0.26862954, 0.26130258, 0.27577711)
@@ -281,3 +285,48 @@ def test_heatmaps_come_from_stored_embeddings_and_match_localize(
         assert src.transform == fresh.transform and src.crs == fresh.crs
         np.testing.assert_allclose(src.read(1), fresh.heatmap, atol=1e-5, equal_nan=True)
     assert gpd.read_file(first["polygons"]).crs == fresh.crs
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_cog_over_http_is_indexed_and_unreachable_hrefs_are_reported(
+    tmp_path: Path, tiny_model
+) -> None:
+    www = tmp_path / "www"
+    www.mkdir()
+    local = make_scene(tmp_path / "local.tif", size=(128, 128), seed=3)
+    rasterio.shutil.copy(local, www / "scene.tif", driver="COG")
+    items = {"type": "FeatureCollection", "features": [{
+        "type": "Feature", "stac_version": "1.0.0", "id": "remote-scene", "geometry": None,
+        "properties": {"datetime": "2024-07-01T00:00:00Z"}, "links": [],
+        "assets": {"visual": {"href": "scene.tif"}},
+    }]}  # fmt: skip
+    (www / "items.json").write_text(json.dumps(items))
+    requests: list = []
+    with serve_directory(www, log=requests) as base:
+        sources = [f"{base}/items.json", f"{base}/missing.tif",
+                   f"http://127.0.0.1:{_closed_port()}/scene.tif", local]  # fmt: skip
+        catalog = Catalog.build(sources, tiny_model, tmp_path / "c.dgtrs-catalog",
+                                scales=(32, 64), scale_unit="px", device="cpu")  # fmt: skip
+    # GDAL read the COG by byte ranges, never the whole file.
+    reads = [r for r in requests if r[0] == "GET" and r[1] == "/scene.tif"]
+    assert reads and all(r[2] is not None and r[3] == 206 for r in reads)
+    summary = catalog.summary
+    assert summary.count("indexed") == 2
+    errors = {f.source: f.error for f in summary.failures}
+    assert set(errors) == {f"{base}/missing.tif", sources[2]}
+    assert "HTTP 404" in errors[f"{base}/missing.tif"]
+    assert "cannot reach" in errors[sources[2]]
+    index = catalog.index
+    by_href = {row.href: row for row in index.scenes.itertuples()}
+    remote, near = by_href[f"{base}/scene.tif"], by_href[str(local.resolve())]
+    assert remote.item_id == "remote-scene" and remote.date.startswith("2024-07-01")
+    # Read through range requests, the remote copy gives the local file's windows, exactly.
+    np.testing.assert_array_equal(
+        index.embeddings[remote.row_start : remote.row_stop],
+        index.embeddings[near.row_start : near.row_stop],
+    )

@@ -178,3 +178,41 @@ def test_a_missing_dataset_is_one_line_with_torchgeos_note(
     line = _one_line_error(capsys, "evaluate")
     # TorchGeo's message, then the note saying where to get the data set and what to place where.
     assert "Dataset not found" in line and "and place" in line
+
+
+def test_a_refused_api_key_stops_the_caption_run_with_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import http.server
+    import threading
+
+    from PIL import Image
+
+    class Refusing(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's spelling
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(401)
+            self.end_headers()
+            self.wfile.write(b'{"error": "invalid key"}')
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.new("RGB", (8, 8)).save(images / "a.png")
+    (images / "a.txt").write_text("a grey square")
+    monkeypatch.setenv("CAPTION_TEST_KEY", "wrong")
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Refusing)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        argv = ["captions", "long", str(images), "-o", str(tmp_path / "out.jsonl")]
+        argv += ["--base-url", f"http://127.0.0.1:{server.server_port}/v1"]
+        argv += ["--api-key-env", "CAPTION_TEST_KEY", "--no-progress"]
+        assert main(argv) == 2
+    finally:
+        server.shutdown()
+        server.server_close()
+    line = _one_line_error(capsys, "captions")
+    assert "long step stopped: HTTP 401" in line and "CAPTION_TEST_KEY" in line

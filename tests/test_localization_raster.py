@@ -243,3 +243,27 @@ def test_describe_records_nodata_an_aux_xml_sets(tmp_path: Path) -> None:
         + "</PAMDataset>"
     )
     assert RasterSource(path).describe()["nodata"] == "0.0"
+
+
+def test_prune_digest_cache_drops_entries_of_gone_or_changed_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DGTRS_GEO_CACHE", str(tmp_path / "cache"))
+    paths = [_write(tmp_path / f"{n}.tif", np.zeros((3, 8, 8), np.uint8)) for n in "abc"]
+    for path in paths:
+        _settle(path)
+        raster_fingerprint(path)
+    entries = {
+        json.loads(e.read_text())["path"]: e
+        for e in fingerprint.cache_dir("fingerprints").glob("*.json")
+    }
+    assert sorted(entries) == sorted(str(p.resolve()) for p in paths)
+    paths[1].unlink()
+    _write(paths[2], np.ones((3, 8, 8), np.uint8))
+    removed = fingerprint.prune_digest_cache()
+    assert sorted(removed) == sorted(
+        [entries[str(paths[1].resolve())], entries[str(paths[2].resolve())]]
+    )
+    assert list(fingerprint.cache_dir("fingerprints").glob("*.json")) == [
+        entries[str(paths[0].resolve())]
+    ]

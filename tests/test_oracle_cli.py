@@ -145,7 +145,7 @@ def test_json_reports_the_best_cell_and_the_best_window(
     row, col = np.unravel_index(np.argmax(expected[::2, ::2]), heat.shape)
     # The centre of the best 2 px cell, in map coordinates.
     assert result["best"] == pytest.approx(
-        [600000 + (2 * col + 1) * PIXEL, 5500000 - (2 * row + 1) * PIXEL]
+        [600000 + (2 * col + 1) * PIXEL, 5500000 - (2 * row + 1) * PIXEL], abs=1e-3
     )
     assert result["shape"] == [48, 64]
     assert sorted(result["paths"]) == ["heatmap", "overlay", "polygons"]

@@ -120,8 +120,10 @@ def test_plugin_loads_and_unloads_cleanly(qgis_iface, qgis_processing, backend) 
     provider = registry.providerById("dgtrsgeo")
     assert provider is not None
     assert sorted(a.id() for a in provider.algorithms()) == [
+        "dgtrsgeo:buildcatalog",
         "dgtrsgeo:buildindex",
         "dgtrsgeo:localize",
+        "dgtrsgeo:searchcatalog",
     ]
     assert instance.dock is not None and len(instance.actions) == 2
     instance.unload()

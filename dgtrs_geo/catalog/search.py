@@ -199,7 +199,7 @@ def _overlaps(bounds: np.ndarray, box: Sequence[float]) -> np.ndarray:
 
 
 def _scene_bounds(index: SearchIndex) -> np.ndarray:
-    return np.stack(index.scenes["bounds"].to_numpy()).astype(np.float64).reshape(-1, 4)
+    return np.array(index.scenes["bounds"].tolist(), dtype=np.float64).reshape(-1, 4)
 
 
 def _warn_outside(index: SearchIndex, box: Sequence[float], what: str) -> None:
@@ -215,8 +215,9 @@ def _warn_outside(index: SearchIndex, box: Sequence[float], what: str) -> None:
     )
     warnings.warn(
         f"{what} lies outside every scene of the catalog, which spans longitude "
-        f"{bounds[:, 0].min():.6g}..{bounds[:, 2].max():.6g}, latitude "
-        f"{bounds[:, 1].min():.6g}..{bounds[:, 3].max():.6g}: nothing is found there.{hint}",
+        f"{np.nanmin(bounds[:, 0]):.6g}..{np.nanmax(bounds[:, 2]):.6g}, latitude "
+        f"{np.nanmin(bounds[:, 1]):.6g}..{np.nanmax(bounds[:, 3]):.6g}: nothing is found there."
+        f"{hint}",
         stacklevel=3,
     )
 

@@ -13,7 +13,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 from torchgeo.datasets import DatasetNotFoundError, NonGeoDataset
 
-from .utils import load_image
+from .utils import ManifestError, load_image
 
 
 class AIRSLT(NonGeoDataset):
@@ -60,7 +60,7 @@ class AIRSLT(NonGeoDataset):
 
         Raises:
             DatasetNotFoundError: if ``anno.json`` or an image it names is missing.
-            ValueError: if ``anno.json`` is malformed.
+            ManifestError: if ``anno.json`` is malformed (a ``ValueError`` too).
 
         """
         self.root = root
@@ -80,14 +80,19 @@ class AIRSLT(NonGeoDataset):
 
     def _load_annotations(self) -> list[dict[str, Any]]:
         with open(self.annotation_path, encoding="utf-8") as f:
-            raw = json.load(f)
+            try:
+                raw = json.load(f)
+            except json.JSONDecodeError as error:
+                raise ManifestError(f"{self.annotation_path} is not valid JSON: {error}") from error
         if not isinstance(raw, list) or not raw:
-            raise ValueError(f"{self.annotation_path} must hold a non-empty JSON list of queries")
+            raise ManifestError(
+                f"{self.annotation_path} must hold a non-empty JSON list of queries"
+            )
         entries = []
         for index, item in enumerate(raw):
             missing = {"caption", "jpg_name", "points"} - set(item)
             if missing:
-                raise ValueError(
+                raise ManifestError(
                     f"{self.annotation_path}: entry {index} lacks {sorted(missing)}; each entry "
                     "needs caption, jpg_name and points"
                 )
@@ -95,13 +100,13 @@ class AIRSLT(NonGeoDataset):
             for polygon in item["points"]:
                 array = np.asarray(polygon, dtype=np.float64)
                 if array.ndim != 2 or array.shape[1] != 2 or array.shape[0] < 3:
-                    raise ValueError(
+                    raise ManifestError(
                         f"{self.annotation_path}: entry {index} ({item['caption']!r}) has a "
                         f"polygon of shape {array.shape}; polygons need >= 3 (x, y) vertices"
                     )
                 polygons.append(array)
             if not polygons:
-                raise ValueError(f"{self.annotation_path}: entry {index} has no polygon")
+                raise ManifestError(f"{self.annotation_path}: entry {index} has no polygon")
             entries.append(
                 {
                     "caption": str(item["caption"]),

@@ -123,10 +123,10 @@ def region_mask(
     mask = np.zeros(shape, dtype=np.uint8)
     match rule:
         case "reference":
-            cv2.fillPoly(mask, contours, 1)
+            cv2.fillPoly(mask, contours, (1,))
         case "union":
             for contour in contours:
-                cv2.fillPoly(mask, [contour], 1)
+                cv2.fillPoly(mask, [contour], (1,))
         case _:
             raise ValueError(f"mask_rule must be one of {MASK_RULES}, got {rule!r}")
     return mask
@@ -163,7 +163,7 @@ def attention_centres(prob_map: np.ndarray) -> list[tuple[int, int]]:
 
     """
     prob_map = check_probability_map(prob_map)
-    smoothed = (prob_map * 255).astype(np.uint8)
+    smoothed: np.ndarray = (prob_map * 255).astype(np.uint8)
     for _ in range(_BOX_PASSES):
         smoothed = cv2.boxFilter(smoothed, -1, (_BOX_SIZE, _BOX_SIZE))
     peaks = (smoothed == maximum_filter(smoothed, size=_PEAK_SIZE)) & (smoothed > 0)
@@ -240,7 +240,7 @@ def selo_metrics(
     """
     prob_map = check_probability_map(prob_map)
     polygons = check_polygons(polygons)
-    mask = region_mask(prob_map.shape, polygons, mask_rule)
+    mask = region_mask((prob_map.shape[0], prob_map.shape[1]), polygons, mask_rule)
     if not mask.any():
         raise ValueError(
             f"the polygons cover no pixel of the {prob_map.shape[1]}x{prob_map.shape[0]} map: "

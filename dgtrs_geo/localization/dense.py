@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -48,7 +49,7 @@ __all__ = [
 DENSE_METHODS = ("maskclip", "clearclip")
 
 
-def _check_vit(visual: nn.Module) -> None:
+def _check_vit(visual: Any) -> None:
     """Refuse towers whose tokens the dense readings do not apply to."""
     blocks = getattr(getattr(visual, "transformer", None), "resblocks", None)
     plain = (
@@ -79,7 +80,8 @@ def patch_grid(model: ClipModel) -> int:
     return int(round(math.sqrt(model.clip.visual.positional_embedding.shape[0] - 1)))
 
 
-def _tokens_before_last_block(visual: nn.Module, pixels: Tensor) -> Tensor:
+# open_clip ships no type information: its towers and blocks are Any here.
+def _tokens_before_last_block(visual: Any, pixels: Tensor) -> Tensor:
     x = visual.conv1(pixels)
     x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)
     cls = visual.class_embedding.to(x.dtype).view(1, 1, -1).expand(x.shape[0], -1, -1)
@@ -87,16 +89,16 @@ def _tokens_before_last_block(visual: nn.Module, pixels: Tensor) -> Tensor:
     x = visual.ln_pre(x)
     for block in visual.transformer.resblocks[:-1]:
         x = block(x)
-    return x
+    return cast(Tensor, x)
 
 
-def _dense_last_block(block: nn.Module, x: Tensor, method: str) -> Tensor:
+def _dense_last_block(block: Any, x: Tensor, method: str) -> Tensor:
     attention: nn.MultiheadAttention = block.attn
     q, k, v = F.linear(block.ln_1(x), attention.in_proj_weight, attention.in_proj_bias).chunk(3, -1)
     match method:
         case "maskclip":
             x = x + block.ls_1(attention.out_proj(v))
-            return x + block.ls_2(block.mlp(block.ln_2(x)))
+            return cast(Tensor, x + block.ls_2(block.mlp(block.ln_2(x))))
         case "clearclip":
             batch, tokens, width = q.shape
             heads = attention.num_heads
@@ -105,13 +107,16 @@ def _dense_last_block(block: nn.Module, x: Tensor, method: str) -> Tensor:
                 return t.reshape(batch, tokens, heads, width // heads).transpose(1, 2)
 
             mixed = F.scaled_dot_product_attention(split(q), split(q), split(v))
-            return attention.out_proj(mixed.transpose(1, 2).reshape(batch, tokens, width))
+            out: Tensor = attention.out_proj(mixed.transpose(1, 2).reshape(batch, tokens, width))
+            return out
         case _:
             raise ValueError(f"dense method must be one of {DENSE_METHODS}, got {method!r}")
 
 
 @torch.inference_mode()
-def encode_patches(model: ClipModel, pixels: Tensor, method: str = "maskclip") -> tuple[Tensor, Tensor]:
+def encode_patches(
+    model: ClipModel, pixels: Tensor, method: str = "maskclip"
+) -> tuple[Tensor, Tensor]:
     """Window and patch embeddings of a batch, from one pass through all blocks but the last.
 
     Args:
@@ -141,11 +146,11 @@ def encode_patches(model: ClipModel, pixels: Tensor, method: str = "maskclip") -
 
 def encode_dense(
     model: ClipModel,
-    image: np.ndarray,
-    windows: np.ndarray,
+    image: np.ndarray[Any, Any],
+    windows: np.ndarray[Any, Any],
     method: str = "maskclip",
     batch_size: int = 32,
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
     """Embed every window of an image and each of its patches.
 
     Args:
@@ -177,7 +182,9 @@ def encode_dense(
     return np.concatenate(window_parts), np.concatenate(patch_parts)
 
 
-def patch_mean_map(windows: np.ndarray, scores: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+def patch_mean_map(
+    windows: np.ndarray[Any, Any], scores: np.ndarray[Any, Any], shape: tuple[int, int]
+) -> np.ndarray[Any, Any]:
     """Per-pixel mean of the scores of the patches covering each pixel.
 
     Args:
@@ -208,11 +215,12 @@ def patch_mean_map(windows: np.ndarray, scores: np.ndarray, shape: tuple[int, in
             np.add.at(target, (rows.ravel(), cols.ravel()), sign * values.ravel())
     sums = sums.cumsum(0).cumsum(1)[:height, :width]
     counts = counts.cumsum(0).cumsum(1)[:height, :width]
-    return sums / np.maximum(np.round(counts), 1)
+    mean: np.ndarray[Any, Any] = sums / np.maximum(np.round(counts), 1)
+    return mean
 
 
 def dense_probability_maps(
-    image: np.ndarray,
+    image: np.ndarray[Any, Any],
     queries: Sequence[str],
     model: ClipModel,
     scales: Sequence[int] = REFERENCE_SCALES,
@@ -220,7 +228,7 @@ def dense_probability_maps(
     sigma: float | None = None,
     window_weight: float = 0.0,
     batch_size: int = 32,
-) -> list[np.ndarray]:
+) -> list[np.ndarray[Any, Any]]:
     """Return patch-level probability maps of queries over an image, in pixel coordinates.
 
     Windows are planned as in the published recipe (:func:`plan_windows`) and encoded once for

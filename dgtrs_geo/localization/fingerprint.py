@@ -36,7 +36,14 @@ from rasterio.errors import NotGeoreferencedWarning
 
 from ..cache import cache_dir
 
-__all__ = ["ALGORITHM", "content_digest", "dataset_files", "file_digest", "raster_fingerprint"]
+__all__ = [
+    "ALGORITHM",
+    "content_digest",
+    "dataset_files",
+    "file_digest",
+    "prune_digest_cache",
+    "raster_fingerprint",
+]
 
 #: The content hash; it prefixes every fingerprint, so a change of method changes them all.
 ALGORITHM = "xxh3-128"
@@ -130,6 +137,21 @@ def file_digest(path: str | Path) -> str:
         record = {"path": str(path), "algorithm": ALGORITHM, "stat": key, "digest": digest}
         _write_entry(entry, record)
     return digest
+
+
+def prune_digest_cache() -> list[Path]:
+    """Remove cached digests of files that no longer exist or changed; return the entries removed."""
+    removed = []
+    for entry in sorted(cache_dir("fingerprints").glob("*.json")):
+        try:
+            path = Path(json.loads(entry.read_text())["path"])
+            stale = _read_entry(entry, path, _stat_key(path)) is None
+        except (OSError, ValueError, KeyError, TypeError):
+            stale = True
+        if stale:
+            entry.unlink(missing_ok=True)
+            removed.append(entry)
+    return removed
 
 
 def _gdal_files(path: str) -> list[str]:

@@ -57,7 +57,7 @@ from filelock import FileLock, Timeout
 
 from ..cache import cache_dir
 from ..errors import EmbeddingIndexError, IndexMismatchError, OutputError
-from .fingerprint import content_digest, raster_fingerprint
+from .fingerprint import content_digest, prune_digest_cache, raster_fingerprint
 from .heatmap import grid_shape
 
 __all__ = [
@@ -673,8 +673,8 @@ def prune_indexes(root: str | Path, older_than_days: float | None = None) -> lis
 
     Removed: indexes that cannot be read or are of another format version, whose raster is gone
     or changed (content fingerprint), and, when ``older_than_days`` is given, those not used for
-    that many days; also hidden leftovers of killed writers. An index another process is
-    writing is left alone.
+    that many days; also hidden leftovers of killed writers, and cached file digests of files
+    that are gone or changed. An index another process is writing is left alone.
 
     Args:
         root: as for :func:`list_indexes`.
@@ -700,4 +700,5 @@ def prune_indexes(root: str | Path, older_than_days: float | None = None) -> lis
             removed.append(path)
         finally:
             lock.release()
+    prune_digest_cache()
     return sorted(removed)

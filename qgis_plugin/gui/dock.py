@@ -29,6 +29,7 @@ from qgis.PyQt.QtWidgets import (
     QPlainTextEdit,
     QProgressBar,
     QPushButton,
+    QTabWidget,
     QToolButton,
     QVBoxLayout,
     QWidget,
@@ -42,6 +43,7 @@ from ..layers import add_result_group, short
 from ..sources import UnsupportedLayer, run_request
 from ..tasks import WorkerTask
 from ..tools import MessageBarLogger, plugin_name, tr
+from .catalog_panel import CatalogPanel
 from .history_panel import HistoryPanel
 from .window_sizes_widget import WindowSizesWidget
 
@@ -111,7 +113,11 @@ class DgtrsGeoDock(QDockWidget):
     # --- widgets --------------------------------------------------------------------------------
 
     def _build(self) -> None:
-        body = QWidget(self)
+        outer = QWidget(self)
+        outer_layout = QVBoxLayout(outer)
+        #: Tabs: one raster (the widgets below) and the catalog (:class:`CatalogPanel`).
+        self.tabs = QTabWidget(outer)
+        body = QWidget(self.tabs)
         layout = QVBoxLayout(body)
         form = QFormLayout()
         self.layer_combo = QgsMapLayerComboBox(body)
@@ -160,18 +166,23 @@ class DgtrsGeoDock(QDockWidget):
         for button in (self.run_button, self.cancel_button, self.settings_button):
             buttons.addWidget(button)
         layout.addLayout(buttons)
-        self.progress = QProgressBar(body)
-        self.progress.setRange(0, 100)
-        layout.addWidget(self.progress)
-        self.status = QLabel("", body)
-        self.status.setWordWrap(True)
-        layout.addWidget(self.status)
         self.history_panel = HistoryPanel(self.iface, self.set_status, body)
         #: The history's list of runs (newest first) and the *Clear results* button.
         self.history_list = self.history_panel.list
         self.clear_button = self.history_panel.clear_button
         layout.addWidget(self.history_panel, 1)
-        self.setWidget(body)
+        self.tabs.addTab(body, tr("Raster"))
+        self.catalog_panel = CatalogPanel(self, self.tabs)
+        self.tabs.addTab(self.catalog_panel, tr("Catalog"))
+        outer_layout.addWidget(self.tabs, 1)
+        # Shared by both tabs: the running job's stage and the last outcome.
+        self.progress = QProgressBar(outer)
+        self.progress.setRange(0, 100)
+        outer_layout.addWidget(self.progress)
+        self.status = QLabel("", outer)
+        self.status.setWordWrap(True)
+        outer_layout.addWidget(self.status)
+        self.setWidget(outer)
 
     def _set_running(self, running: bool) -> None:
         self.run_button.setEnabled(not running)

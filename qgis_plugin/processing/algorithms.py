@@ -1,4 +1,4 @@
-"""Processing algorithms: build an embedding index, localize a text query.
+"""Processing algorithms: build an embedding index, localize a text query (and the catalog's).
 
 Both send one request to the shared worker; ``feedback`` carries its progress, and cancelling
 the algorithm cancels the job (the worker is killed if it does not stop within a second).
@@ -335,4 +335,6 @@ def _copy_raster(source: str, target: str) -> None:
 
 def algorithms() -> List[QgsProcessingAlgorithm]:
     """Return one instance of each algorithm."""
-    return [BuildIndexAlgorithm(), LocalizeAlgorithm()]
+    from .catalog_algorithms import catalog_algorithms
+
+    return [BuildIndexAlgorithm(), LocalizeAlgorithm(), *catalog_algorithms()]

@@ -14,7 +14,7 @@ ICON = os.path.join(os.path.dirname(os.path.dirname(__file__)), "icon.svg")
 
 
 class DgtrsGeoProvider(QgsProcessingProvider):
-    """Algorithms "Build embedding index" and "Localize text query"."""
+    """Algorithms "Build embedding index", "Localize text query", "Build catalog", "Search catalog"."""
 
     def id(self) -> str:  # noqa: D102
         return "dgtrsgeo"
