@@ -154,17 +154,24 @@ def _derived_checkpoints(trained: Path, folder: Path, seed: int) -> None:
     save_checkpoint(create_clip("dgtrs-tiny"), folder / "random.pt")
 
 
-def sharpness(prob_map: np.ndarray, mask: np.ndarray) -> dict[str, float]:
-    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * BAND + 1, 2 * BAND + 1))
-    inner = mask.astype(bool) & ~cv2.erode(mask, kernel).astype(bool)
-    outer = cv2.dilate(mask, kernel).astype(bool) & ~mask.astype(bool)
+def bands(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pixels within BAND px inside and outside the mask's outline (Euclidean distance)."""
+    inside = cv2.distanceTransform(mask, cv2.DIST_L2, 5)
+    outside = cv2.distanceTransform(1 - mask, cv2.DIST_L2, 5)
+    return (mask > 0) & (inside <= BAND), (mask == 0) & (outside <= BAND)
+
+
+def sharpness(prob_map: np.ndarray, mask: np.ndarray, band: tuple) -> dict[str, float]:
+    inner, outer = band
     return {
         "edge": float(prob_map[inner].mean() - prob_map[outer].mean()),
         "mass": float((prob_map * mask).sum() / max(prob_map.sum(), 1e-12)),
     }
 
 
-def oracle_window_maps(mask: np.ndarray, scales: Sequence[int]) -> dict[str, np.ndarray]:
+def oracle_window_maps(
+    mask: np.ndarray, scales: Sequence[int], modes: Sequence[str]
+) -> dict[str, np.ndarray]:
     """Window-level maps of a perfect window scorer: score = share of the window in the mask."""
     height, width = mask.shape
     plan = plan_windows(width, height, scales)
@@ -174,16 +181,18 @@ def oracle_window_maps(mask: np.ndarray, scales: Sequence[int]) -> dict[str, np.
     mean = patch_mean_map(plan.windows, (inside / (w * h))[:, None, None], (height, width))
     span = mean.max() - mean.min()
     unit = (mean - mean.min()) / span if span > 0 else np.zeros_like(mean)
-    # The reference's finish (uint8, median 251) and the fast mode's (Gaussian, quarter window).
-    reference = cv2.medianBlur((255 * unit).astype(np.uint8), 251) / 255.0
-    fast = gaussian_filter(unit, min(scales) / 4, mode="nearest")
-    fast = (fast - fast.min()) / max(fast.max() - fast.min(), 1e-12)
-    return {"reference": reference, "fast": fast}
+    maps = {}
+    if "reference" in modes:  # the reference's finish: uint8, median blur 251
+        maps["reference"] = cv2.medianBlur((255 * unit).astype(np.uint8), 251) / 255.0
+    if "fast" in modes:  # the fast mode's: Gaussian of a quarter of the smallest window
+        fast = gaussian_filter(unit, min(scales) / 4, mode="nearest")
+        maps["fast"] = (fast - fast.min()) / max(fast.max() - fast.min(), 1e-12)
+    return maps
 
 
 def _score(rows: dict, name: str, prob_map: np.ndarray, entry: dict, seconds: float) -> None:
-    mask = region_mask(prob_map.shape, entry["polygons"])
-    metrics = {**selo_metrics(prob_map, entry["polygons"]), **sharpness(prob_map, mask)}
+    polygons, mask, band = entry["polygons"], entry["mask"], entry["band"]
+    metrics = {**selo_metrics(prob_map, polygons), **sharpness(prob_map, mask, band)}
     rows.setdefault(name, []).append({**metrics, "kind": entry["kind"], "seconds": seconds})
 
 
@@ -223,12 +232,11 @@ def score_image(
                 )
                 _score(rows, f"{label} {mode}", prob_map, entry, seconds)
                 query_maps[f"{label} {mode}"] = prob_map
-        mask = region_mask(image.shape[:2], entry["polygons"])
-        _score(rows, "oracle mask", mask.astype(np.float64), entry, 0.0)
-        for mode, prob_map in oracle_window_maps(mask, settings.scales).items():
-            if mode in settings.modes:
-                _score(rows, f"oracle windows {mode}", prob_map, entry, 0.0)
-                query_maps[f"oracle windows {mode}"] = prob_map
+        _score(rows, "oracle mask", entry["mask"].astype(np.float64), entry, 0.0)
+        oracle = oracle_window_maps(entry["mask"], settings.scales, settings.modes)
+        for mode, prob_map in oracle.items():
+            _score(rows, f"oracle windows {mode}", prob_map, entry, 0.0)
+            query_maps[f"oracle windows {mode}"] = prob_map
     return maps
 
 
@@ -245,7 +253,11 @@ def score_scenes(
     kept: list[dict] = []
     for indexes in by_image.values():
         image = dataset.image_array(indexes[0])
-        entries = [{**dataset.entries[i], "kind": kinds[i]} for i in indexes]
+        entries = []
+        for i in indexes:
+            mask = region_mask(image.shape[:2], dataset.entries[i]["polygons"])
+            entry = {**dataset.entries[i], "kind": kinds[i], "mask": mask, "band": bands(mask)}
+            entries.append(entry)
         maps = score_image(image, entries, models, settings, rows)
         for entry, query_maps in zip(entries, maps, strict=True):
             if len(kept) < settings.figure:

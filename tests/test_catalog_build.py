@@ -285,6 +285,12 @@ def test_heatmaps_come_from_stored_embeddings_and_match_localize(
         assert src.transform == fresh.transform and src.crs == fresh.crs
         np.testing.assert_allclose(src.read(1), fresh.heatmap, atol=1e-5, equal_nan=True)
     assert gpd.read_file(first["polygons"]).crs == fresh.crs
+    # A scene changed since it was indexed gets no heatmap: its embeddings no longer describe it.
+    with rasterio.open(first["href"], "r+") as dst:
+        dst.write(np.zeros((dst.count, 8, 8), dst.dtypes[0]), window=((0, 8), (0, 8)))
+    with pytest.warns(UserWarning, match="changed since it was indexed"):
+        again = catalog.search("a harbour", top=3, heatmaps=2, out_dir=tmp_path / "again")
+    assert again[again["scene"] == first["scene"]]["heatmap"].isna().all()
 
 
 def _closed_port() -> int:

@@ -115,12 +115,12 @@ def test_index_and_search_commands(tmp_path: Path, scenes: Path, reference: Path
 def test_a_killed_run_resumes_with_each_scene_once(
     tmp_path: Path, tiny_model, tiny_checkpoint: Path
 ) -> None:
-    # Six scenes of about 600 windows each, encoded one window per batch: seconds per scene,
+    # Six scenes of 358 windows each, encoded one window per batch: about a second a scene,
     # so the run is still going when it is killed.
     folder = tmp_path / "scenes"
     folder.mkdir()
     for seed in range(6):
-        make_scene(folder / f"tile_{seed}.tif", seed, size=256)
+        make_scene(folder / f"tile_{seed}.tif", seed, size=192)
     reference = tmp_path / "ref.dgtrs-catalog"
     Catalog.build([folder], tiny_model, reference, scales=(16, 32), scale_unit="px", device="cpu")
     root = tmp_path / "c.dgtrs-catalog"

@@ -216,3 +216,14 @@ def test_a_refused_api_key_stops_the_caption_run_with_one_line(
         server.server_close()
     line = _one_line_error(capsys, "captions")
     assert "long step stopped: HTTP 401" in line and "CAPTION_TEST_KEY" in line
+
+
+def test_an_image_folder_without_class_folders_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = tmp_path / "aid"
+    root.mkdir()  # exists, but holds no class sub-folder
+    argv = ["evaluate", "zeroshot", "--model", "never-loaded", "--dataset", "AID"]
+    assert main([*argv, "--root", str(root), "-o", str(tmp_path / "out")]) == 2
+    line = _one_line_error(capsys, "evaluate")
+    assert f"Couldn't find any class folder in {root}" in line and "one sub-folder" in line

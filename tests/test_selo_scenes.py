@@ -14,7 +14,7 @@ import torch
 
 from dgtrs_geo.datamodules.synthetic_selo import SyntheticSeLoDataModule
 from dgtrs_geo.datasets import AIRSLT
-from dgtrs_geo.datasets.synthetic import BACKGROUNDS, COLOURS, SHAPES, _bpe
+from dgtrs_geo.datasets.synthetic import BACKGROUNDS, COLOURS, SHAPES
 from dgtrs_geo.datasets.synthetic_selo import (
     SyntheticSeLoWindows,
     long_text,
@@ -23,6 +23,7 @@ from dgtrs_geo.datasets.synthetic_selo import (
     window_captions,
     write_airslt,
 )
+from dgtrs_geo.tokens import clip_tokenizer
 
 WORDS = {"a": 1, "two": 2, "three": 3}
 TARGET = re.compile(
@@ -90,11 +91,11 @@ def test_targets_are_every_object_their_words_fit(scenes: list) -> None:
 def test_long_queries_state_their_facts_after_token_77(scenes: list) -> None:
     for scene in scenes:
         for query in (q for q in scene.queries if q.kind == "long"):
-            tokens = _bpe().encode(query.caption)
+            tokens = clip_tokenizer().encode(query.caption)
             assert len(tokens) + 2 <= 248
             assert query.late_start >= 77
-            head = _bpe().decode(tokens[: query.late_start - 1])
-            tail = _bpe().decode(tokens[query.late_start - 1 :])
+            head = clip_tokenizer().decode(tokens[: query.late_start - 1])
+            tail = clip_tokenizer().decode(tokens[query.late_start - 1 :])
             assert query.target in tail
             assert not any(shape in head for shape in SHAPES), head
 

@@ -47,6 +47,7 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeGuard, cast
 
 import faiss
 import numpy as np
@@ -242,8 +243,10 @@ class AnnIndex:
         if self.faiss_index is None:
             return exact_search(self.embeddings, queries, k)
         wanted = min(max(self.rerank, 4 * k), len(self))
-        hnsw = faiss.SearchParametersHNSW(efSearch=max(HNSW_EF, 2 * self.nprobe))
-        params = faiss.SearchParametersIVF(nprobe=self.nprobe, quantizer_params=hnsw)
+        # faiss's __init__.pyi lacks SearchParametersHNSW, and its wrapper (which takes the fields
+        # as keywords and keeps the quantizer's parameters alive) is typed as taking none.
+        hnsw = faiss.SearchParametersHNSW(efSearch=max(HNSW_EF, 2 * self.nprobe))  # type: ignore[attr-defined]
+        params = faiss.SearchParametersIVF(nprobe=self.nprobe, quantizer_params=hnsw)  # type: ignore[call-arg]
         _, candidates = self.faiss_index.search(queries, wanted, params=params)
         results = []
         for query, found in zip(queries, candidates, strict=True):
@@ -302,7 +305,8 @@ def _build_ivfpq(vectors: np.ndarray, path: Path, report: Progress) -> dict:
     # to 8,192 cells with a flat one is 8e13 flops, most of the build on a laptop.
     factory = f"IVF{nlist}_HNSW32,PQ{_pq_subquantizers(dim)}x4fsr"
     index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
-    faiss.downcast_index(faiss.extract_index_ivf(index).quantizer).hnsw.efSearch = HNSW_EF
+    quantizer = faiss.downcast_index(faiss.extract_index_ivf(index).quantizer)
+    cast(faiss.IndexHNSW, quantizer).hnsw.efSearch = HNSW_EF  # "_HNSW32" in the factory
     sample = np.random.default_rng(0).choice(rows, min(rows, TRAIN_PER_CELL * nlist), False)
     report(0.02, f"training {factory} on {len(sample)} rows")
     index.train(_as_float32(vectors[np.sort(sample)]))
@@ -325,7 +329,7 @@ def _embeddings_source(
 ) -> tuple[np.ndarray, dict]:
     """Describe where the re-rank reads the rows from, copying them when they are not a file."""
     if _is_whole_memmap(embeddings):
-        path = Path(embeddings.filename)
+        path = Path(cast(str, embeddings.filename))  # not None: _is_whole_memmap checked it
         vectors = embeddings
     else:
         path = directory / f"ann-{token}.npy"
@@ -347,7 +351,7 @@ def _embeddings_source(
     return vectors, source
 
 
-def _is_whole_memmap(array: np.ndarray) -> bool:
+def _is_whole_memmap(array: np.ndarray) -> TypeGuard[np.memmap[Any, Any]]:
     """True for a C-ordered memory map covering its file from ``offset`` to the end.
 
     A slice of a memory map keeps the parent's ``offset``, so the size test is what tells a

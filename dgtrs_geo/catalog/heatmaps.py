@@ -5,13 +5,14 @@ For each scene, the windows and float32 embeddings of its part become an in-memo
 current fingerprint and description, the plan of its window sizes in pixels), which
 :meth:`Localizer.query <dgtrs_geo.localization.session.Localizer.query>` scores like any index:
 heatmap GeoTIFFs and polygon GeoPackages, as ``dgtrs-geo localize`` writes them. A scene whose
-pixels changed since it was indexed is skipped with a warning (its stored embeddings no longer
-describe it).
+pixels changed since it was indexed is refused (its stored embeddings no longer describe it).
 """
 
 from __future__ import annotations
 
+import threading
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +20,11 @@ import geopandas as gpd
 import numpy as np
 import pyarrow.parquet as pq
 
-from ..errors import Cancelled, EmbeddingIndexError, OutputError
+from ..errors import Cancelled, EmbeddingIndexError, IndexMismatchError, OutputError
 from ..localization.index import EmbeddingIndex
 from ..localization.options import LocalizationOptions
 from ..localization.raster import RasterSource
-from ..localization.session import Localizer, plan_meta
+from ..localization.session import LocalizationResult, Localizer, plan_meta
 from ..localization.windows import plan_windows
 from .indexing import SCENE_ERRORS, scene_fingerprint
 from .remote import local_raster
@@ -31,7 +32,7 @@ from .search import SearchIndex
 from .sources import Scene
 from .store import CatalogStore
 
-__all__ = ["best_scenes", "localize_scenes"]
+__all__ = ["best_scenes", "localize_scene", "localize_scenes"]
 
 #: Files written per scene and query.
 OUTPUTS = ("heatmap", "polygons")
@@ -79,16 +80,64 @@ def _scene_index(
         source.close()
 
 
+def localize_scene(
+    store: CatalogStore,
+    record: Any,
+    texts: Sequence[str],
+    localizer: Localizer,
+    options: LocalizationOptions,
+    *,
+    progress: Any = None,
+    cancel: threading.Event | None = None,
+) -> list[LocalizationResult]:
+    """Localize ``texts`` on one scene of a catalog from its stored embeddings.
+
+    Args:
+        store: the catalog.
+        record: the scene's row of the search index's scene table.
+        texts: what to find.
+        localizer: a session of the catalog's model.
+        options: the catalog's options with the run's outputs and ``out_dir``; the window sizes
+            are the scene's, in pixels.
+        progress: passed to :meth:`Localizer.query`.
+        cancel: passed to :meth:`Localizer.query`.
+
+    Raises:
+        IndexMismatchError: if the scene's pixels changed since it was indexed.
+        EmbeddingIndexError: if its part fails its checksum.
+
+    """
+    scene = Scene(record["scene_id"], record["href"])
+    if scene_fingerprint(scene) != record["fingerprint"]:
+        raise IndexMismatchError(
+            f"{scene.href} changed since it was indexed: its stored embeddings no longer describe "
+            f"it; run `dgtrs-geo catalog index` into {store.root} again"
+        )
+    options = options.replace(
+        scales=tuple(record["scales_px"]),
+        scale_unit="px",
+        force=True,  # the windows are embedded already: a large plan costs nothing
+    )
+    with local_raster(scene.href) as path:
+        stored = _scene_index(store, record, path, localizer.model, options)
+        return localizer.query(
+            path, texts, stored, options=options, progress=progress, cancel=cancel
+        )
+
+
 def localize_scenes(
     store: CatalogStore,
     index: SearchIndex,
     hits: gpd.GeoDataFrame,
-    model,
+    model: Any,
     options: LocalizationOptions,
     n: int,
     out_dir: str | Path,
 ) -> gpd.GeoDataFrame:
     """Write heatmaps and polygons of each query on its ``n`` best scenes.
+
+    A scene that cannot be mapped (changed since it was indexed, unreadable, a damaged part) is
+    skipped with a warning; the others are mapped.
 
     Args:
         store: the catalog, whose parts hold each scene's float32 embeddings.
@@ -108,32 +157,19 @@ def localize_scenes(
     hits["heatmap"] = None
     hits["polygons"] = None
     positions = {s: i for i, s in enumerate(index.scenes["scene_id"])}
+    localizer = Localizer(model, options)
     for scene_id, queries in best_scenes(hits, n).items():
         record = index.scenes.iloc[positions[scene_id]]
-        scene = Scene(scene_id, record["href"])
+        folder = str(Path(out_dir) / "heatmaps" / scene_id)
         try:
-            if scene_fingerprint(scene) != record["fingerprint"]:
-                warnings.warn(
-                    f"{scene.href} changed since it was indexed: no heatmap for it; run "
-                    "`dgtrs-geo catalog index` again to index it anew",
-                    stacklevel=2,
-                )
-                continue
-            scene_options = options.replace(
-                scales=tuple(record["scales_px"]),
-                scale_unit="px",
-                out_dir=str(Path(out_dir) / "heatmaps" / scene_id),
-                outputs=OUTPUTS,
-                force=True,  # the windows are embedded already: a large plan costs nothing
+            results = localize_scene(
+                store, record, queries, localizer, options.replace(out_dir=folder, outputs=OUTPUTS)
             )
-            with local_raster(scene.href) as path:
-                stored = _scene_index(store, record, path, model, scene_options)
-                results = Localizer(model, scene_options).query(path, queries, stored)
         except (Cancelled, OutputError):
             raise
         except SCENE_ERRORS as error:
-            # One unreadable scene does not cost the others their heatmaps.
-            warnings.warn(f"no heatmap for {scene.href}: {error}", stacklevel=2)
+            # One scene that cannot be mapped does not cost the others their heatmaps.
+            warnings.warn(f"no heatmap for {record['href']}: {error}", stacklevel=2)
             continue
         for result in results:
             mine = (hits["scene"] == scene_id) & (hits["query"] == result.query)

@@ -181,7 +181,12 @@ def _image_folder(root: str) -> Dataset[dict[str, Any]]:
         error = DatasetNotFoundError(SimpleNamespace(root=root))  # type: ignore[arg-type]
         error.add_note("AID and ImageFolder datasets need one sub-folder of images per class")
         raise error
-    return NonGeoClassificationDataset(root=root)
+    try:
+        return NonGeoClassificationDataset(root=root)
+    except FileNotFoundError as error:  # torchvision's: no class folder, or one without images
+        raise InputError(
+            f"{error} AID and ImageFolder datasets need one sub-folder of images per class"
+        ) from error
 
 
 def _folder(parent: str, name: str) -> str | None:

@@ -14,6 +14,7 @@ import os
 import re
 import tempfile
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +70,22 @@ def _selo_cell(mean: dict[str, float]) -> str:
     return " / ".join(_selo_value(mean[name]) for name in SELO_COLUMNS)
 
 
+def _recall_cell(results: dict[str, Any], name: str, granularity: str) -> str:
+    return f"{results[name][granularity]['mR']:.2f}"
+
+
+def _top1_cell(results: dict[str, Any], name: str) -> str:
+    return f"{results[name]['top1']:.2f}"
+
+
+def _selo_mode_cell(results: dict[str, Any], name: str, mode: str) -> str:
+    return _selo_cell(results[name][mode]["mean"])
+
+
+def _seconds_cell(results: dict[str, Any], name: str) -> str:
+    return " / ".join(f"{v['seconds_per_query']:.2f}" for v in results[name].values())
+
+
 def _columns(report: dict[str, Any]) -> list[tuple[str, Callable[[dict[str, Any]], str]]]:
     """Column titles and how to fill them from one model's results, in the published order."""
     columns: list[tuple[str, Callable[[dict[str, Any]], str]]] = []
@@ -79,9 +96,9 @@ def _columns(report: dict[str, Any]) -> list[tuple[str, Callable[[dict[str, Any]
         for granularity in ("short", "long"):
             if granularity in first[name]:
                 title = f"{name} mR" if granularity == "short" else f"{name} long mR"
-                columns.append((title, lambda r, n=name, g=granularity: f"{r[n][g]['mR']:.2f}"))
+                columns.append((title, partial(_recall_cell, name=name, granularity=granularity)))
     for entry in (d for d in datasets if d["task"] == "zeroshot"):
-        columns.append((entry["name"], lambda r, n=entry["name"]: f"{r[n]['top1']:.2f}"))
+        columns.append((entry["name"], partial(_top1_cell, name=entry["name"])))
     for entry in (d for d in datasets if d["task"] == "selo"):
         name = entry["name"]
         prefix = "SeLo" if name == "AIRSLT" else f"SeLo {name}"
@@ -90,16 +107,11 @@ def _columns(report: dict[str, Any]) -> list[tuple[str, Callable[[dict[str, Any]
             columns.append(
                 (
                     f"{prefix}{suffix} Rsu / Rda / Ras / Rmi",
-                    lambda r, n=name, m=mode: _selo_cell(r[n][m]["mean"]),
+                    partial(_selo_mode_cell, name=name, mode=mode),
                 )
             )
         columns.append(
-            (
-                f"{prefix} s/query ({' / '.join(first[name])})",
-                lambda r, n=name: " / ".join(
-                    f"{v['seconds_per_query']:.2f}" for v in r[n].values()
-                ),
-            )
+            (f"{prefix} s/query ({' / '.join(first[name])})", partial(_seconds_cell, name=name))
         )
     return columns
 

@@ -11,13 +11,16 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 from torch.utils.data import Subset
 from tqdm.auto import tqdm
 
 from ..errors import DgtrsGeoError, InputError, ModelError
+
+if TYPE_CHECKING:
+    from ..datasets.airslt import AIRSLT
 from .data import BenchmarkData
 from .embeddings import encode_benchmark
 from .report import plot_selo_maps, safe_file_name, save_figure
@@ -79,7 +82,7 @@ def evaluate_retrieval(
 
     """
     emb = _encode(model, data, settings)
-    result = {}
+    result: dict[str, dict[str, float]] = {}
     for granularity in ("short", "long"):
         if granularity in emb:
             result[granularity] = retrieval_recalls(
@@ -150,13 +153,14 @@ def evaluate_selo(
     # Read AIR-SLT's large images as uint8 straight from the files (--limit wraps them in a Subset).
     dataset = data.dataset
     indices = list(dataset.indices) if isinstance(dataset, Subset) else range(len(dataset))  # type: ignore[arg-type]
-    airslt = dataset.dataset if isinstance(dataset, Subset) else dataset
+    # The one SeLo dataset (data.SELO_DATASETS).
+    airslt = cast("AIRSLT", dataset.dataset if isinstance(dataset, Subset) else dataset)
     progress = tqdm(
         indices, desc=f"{data.name} queries", disable=not settings.progress, leave=False
     )
     for position, index in enumerate(progress):
-        entry = airslt.entries[index]  # type: ignore[attr-defined]
-        image = airslt.image_array(index)  # type: ignore[attr-defined]
+        entry = airslt.entries[index]
+        image = airslt.image_array(index)
         maps: dict[str, np.ndarray] = {}
         for mode, function in functions.items():
             kwargs = {"jpeg_roundtrip": settings.jpeg_roundtrip} if mode == "reference" else {}
