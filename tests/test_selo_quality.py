@@ -16,12 +16,13 @@ import torch
 from dgtrs_geo import cli
 
 BENCHMARK = Path(__file__).parents[1] / "benchmarks" / "selo_quality.py"
-# The small version: 6 scenes (24 queries), fast maps, 100 training steps, seed 0.
-SMALL = ["--scenes", "6", "--modes", "fast", "--dense", "", "--figure", "0"]
+# The small version: 16 scenes (64 queries), fast maps, 100 training steps, seed 0.
+SMALL = ["--scenes", "16", "--modes", "fast", "--dense", "", "--figure", "0"]
 SMALL += ["--train-length", "6400", "--seeds", "0"]
-# Rmi of the trained model minus that of random weights, in the small version, over seeds 0-3:
-# MEASURED_GAPS (see docs/evaluation.md). The margin is half the smallest.
-MARGIN = 0.05
+# Rmi of the trained model minus that of random weights in this small version, measured over
+# seeds 0-3 (scenes and training): 0.097, 0.066, 0.125, 0.087; mean 0.094, sd 0.024 (with 6
+# scenes the sd was 0.038). The margin is about mean - 2 sd, below the smallest seen.
+MARGIN = 0.04
 
 
 @pytest.mark.slow
@@ -44,7 +45,7 @@ def test_trained_model_beats_random_weights(tmp_path: Path) -> None:
     torch.set_num_threads(1)  # as the benchmark ran, so every float sum is done the same way
     try:
         code = cli.main(
-            ["evaluate", "selo", "--dataset", "AIRSLT", "--root", seed["airslt"],
+            ["evaluate", "selo", "--dataset", "AIRSLT", "--root", seed["airslt"], "--limit", "8",
              "--model", str(Path(seed["checkpoints"]) / "dgtrs.pt"), "--selo-modes", "fast",
              "--device", "cpu", "--no-cache", "--no-progress", "-o", str(tmp_path / "evaluate")]
         )  # fmt: skip
@@ -52,6 +53,9 @@ def test_trained_model_beats_random_weights(tmp_path: Path) -> None:
         torch.set_num_threads(threads)
     assert code == 0
     evaluated = json.loads((tmp_path / "evaluate" / "results.json").read_text())
-    mean = evaluated["results"]["dgtrs"]["AIRSLT"]["fast"]["mean"]
-    for metric in ("rsu", "ras", "rda", "rmi"):
-        assert mean[metric] == pytest.approx(rows["trained-248 fast"][metric], abs=1e-9)
+    samples = evaluated["results"]["dgtrs"]["AIRSLT"]["fast"]["samples"]
+    ours = report["samples"]["0"]["trained-248 fast"][:8]
+    assert len(samples) == 8
+    for theirs, mine in zip(samples, ours, strict=True):
+        for metric in ("rsu", "ras", "rda", "rmi"):
+            assert theirs[metric] == pytest.approx(mine[metric], abs=1e-9)
