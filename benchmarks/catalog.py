@@ -1,6 +1,6 @@
 """Catalog search (ANN vs exact) and catalog indexing throughput, as JSON.
 
-Usage: python benchmarks/catalog.py [--sizes 1000000,10000000] [--only search,indexing]
+Usage: python benchmarks/catalog.py [--sizes 1000000,10000000] [--only search,indexing,alternatives]
                                     [--device cpu|cuda] [--workdir DIR --keep]
 
 search: for each size, that many clustered unit vectors of dimension 512 (ViT-B/16's) are written
@@ -16,8 +16,14 @@ search: for each size, that many clustered unit vectors of dimension 512 (ViT-B/
     - ``search``: a child process loads the index and answers one query at a time, top 100: the
       first query with the embeddings' and index's pages dropped from the page cache
       (``posix_fadvise``: "cold"), then the median and p95 over the rest; recall@100 against exact;
-      its peak RSS, and how much of it is private (``RssAnon``) or pages of mapped files
-      (``RssFile``, reclaimable); ``--sweep`` adds recall and latency for other ``nprobe``.
+      its peak RSS (``VmHWM``, which counts the pages of the memory-mapped rows it touched), its
+      peak private memory (``RssAnon``, sampled) and both parts after loading and searching;
+      ``--sweep`` adds recall and latency for other ``nprobe``. Wall seconds on a shared machine
+      depend on its load (recorded); CPU seconds per query much less.
+alternatives (not run by default; slow): the libraries not chosen on the same vectors and queries:
+    USearch 2.26 HNSW (i8, M=16, ef_construction 128) with and without an exact re-rank of 1,000
+    candidates, and LanceDB IVF_PQ (float32 column: its float16 index build was far slower) with
+    ``refine_factor`` 10 and 40; build time, size, recall@100, latency.
 indexing: ``Catalog.build`` over 200 small scenes vs the single-raster pipeline (``encode_windows``
     per scene) on the same windows, same model, batch and device: the ratio of windows per second
     (target >= 0.9). ``--device cuda`` runs it on a GPU (use ``--arch dgtrs-vit-b-16`` there).
@@ -35,6 +41,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -105,6 +112,26 @@ def _status_mib() -> dict:
     return out
 
 
+class _AnonPeak:
+    """Highest ``RssAnon`` seen while the block runs (sampled every 20 ms): the process's own
+    memory, without the mapped files' pages that ``VmHWM`` also counts (reclaimable cache)."""
+
+    def __enter__(self) -> _AnonPeak:
+        self.peak_mib, self._stop = 0.0, threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.02):
+            self.peak_mib = max(self.peak_mib, _status_mib()["rss_anon_mib"])
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak_mib = max(self.peak_mib, _status_mib()["rss_anon_mib"])
+
+
 def _drop_cache(*paths: Path) -> None:
     """Evict these files' pages from the page cache (theirs only), for a cold first query."""
     for path in paths:
@@ -139,9 +166,13 @@ def build_child(embeddings: Path, directory: Path) -> None:
     def progress(fraction: float, stage: str) -> None:
         stages.setdefault(stage.split(" ")[0], round(time.perf_counter() - start, 1))
 
-    build_ann(vectors, directory, progress=progress)
+    with _AnonPeak() as anon:
+        build_ann(vectors, directory, progress=progress)
     seconds = time.perf_counter() - start
-    print(json.dumps({"build_s": round(seconds, 1), "stages_started_s": stages, **_status_mib()}))
+    print(json.dumps({
+        "build_s": round(seconds, 1), "stages_started_s": stages,
+        "peak_rss_anon_mib": anon.peak_mib, **_status_mib(),
+    }))  # fmt: skip
 
 
 def search_child(directory: Path, queries: Path, truth: Path, sweep: list[int]) -> None:
@@ -150,15 +181,17 @@ def search_child(directory: Path, queries: Path, truth: Path, sweep: list[int]) 
     files = [directory / name for name in manifest.get("files", {})]
     _drop_cache(directory / manifest["embeddings"]["path"], *files)
     before = _status_mib()
-    start = time.perf_counter()
-    index = AnnIndex.load(directory)
-    load_s = time.perf_counter() - start
-    after_load = _status_mib()
-    start = time.perf_counter()
-    _, rows = index.search(q[:1], K)
-    cold_s = time.perf_counter() - start
-    row = {"load_s": round(load_s, 3), "cold_first_query_s": round(cold_s, 4)}
-    row.update(_latency_recall(index, q, expected))
+    with _AnonPeak() as anon:
+        start = time.perf_counter()
+        index = AnnIndex.load(directory)
+        load_s = time.perf_counter() - start
+        after_load = _status_mib()
+        start = time.perf_counter()
+        index.search(q[:1], K)
+        cold_s = time.perf_counter() - start
+        row = {"load_s": round(load_s, 3), "cold_first_query_s": round(cold_s, 4)}
+        row.update(_latency_recall(index, q, expected))
+    row["peak_rss_anon_mib"] = anon.peak_mib
     row["nprobe"], row["rerank"] = index.nprobe, index.rerank
     row["rss_before_load"], row["rss_after_load"], row["rss_after_search"] = (
         before, after_load, _status_mib(),
@@ -190,7 +223,8 @@ def _latency_recall(index: AnnIndex, q: np.ndarray, expected: np.ndarray) -> dic
     }
 
 
-def bench_search(rows: int, work: Path, queries: int, sweep: list[int]) -> dict:
+def _data(rows: int, work: Path, queries: int) -> tuple[Path, np.ndarray, np.ndarray, dict]:
+    """The vectors (generated once into ``work``), queries and their exact top 100."""
     embeddings = work / f"embeddings-{rows}.npy"
     out: dict = {"rows": rows, "dim": DIM, "dtype": "float16", "queries": queries}
     start = time.perf_counter()
@@ -199,12 +233,15 @@ def bench_search(rows: int, work: Path, queries: int, sweep: list[int]) -> dict:
         np.save(work / f"queries-{rows}.npy", _draw(np.random.default_rng(1), model, queries))
         out["generate_s"] = round(time.perf_counter() - start, 1)
     q = np.load(work / f"queries-{rows}.npy")
-    truth = work / f"truth-{rows}.npy"
-    vectors = np.load(embeddings, mmap_mode="r")
     start = time.perf_counter()
-    _, expected = exact_search(vectors, q, K)
+    _, expected = exact_search(np.load(embeddings, mmap_mode="r"), q, K)
     out["exact"] = {"one_pass_all_queries_s": round(time.perf_counter() - start, 2)}
-    np.save(truth, expected)
+    np.save(work / f"truth-{rows}.npy", expected)
+    return embeddings, q, expected, out
+
+
+def bench_search(rows: int, work: Path, queries: int, sweep: list[int]) -> dict:
+    embeddings, _, _, out = _data(rows, work, queries)
     out["embeddings_bytes"] = embeddings.stat().st_size
     directory = work / f"ann-{rows}"
     shutil.rmtree(directory, ignore_errors=True)
@@ -219,13 +256,106 @@ def bench_search(rows: int, work: Path, queries: int, sweep: list[int]) -> dict:
     out["load_avg_before_search"] = os.getloadavg()[0]
     out["search"] = _child(
         ["--search-child", str(directory), "--queries-path", str(work / f"queries-{rows}.npy"),
-         "--truth", str(truth), "--sweep", ",".join(map(str, sweep))]
+         "--truth", str(work / f"truth-{rows}.npy"), "--sweep", ",".join(map(str, sweep))]
     )  # fmt: skip
     return out
 
 
-def bench_indexing(arch: str, device: str, scenes: int, size: int, tmp: Path) -> dict:
-    """Catalog.build over ``scenes`` small rasters vs encode_windows on each, same windows."""
+def bench_alternatives(rows: int, work: Path, queries: int) -> dict:
+    """The libraries not chosen, on the same vectors and queries: USearch HNSW and LanceDB."""
+    embeddings, q, expected, out = _data(rows, work, queries)
+    vectors = np.load(embeddings, mmap_mode="r")
+    out["load_avg"] = os.getloadavg()[0]
+    for name, run in (("usearch", _usearch), ("lancedb", _lancedb)):
+        try:
+            out[name] = run(vectors, q, expected, work)
+        except ImportError as error:
+            out[name] = {"skipped": str(error)}
+    return out
+
+
+def _timed_search(search, q: np.ndarray, expected: np.ndarray) -> dict:
+    """Recall@100 and wall / CPU seconds per query of ``search(query [1, d]) -> rows``."""
+    seconds, cpu, found = [], [], []
+    for query in q:
+        start, start_cpu = time.perf_counter(), time.process_time()
+        found.append(search(query[None]))
+        seconds.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
+    recall = np.mean([len(set(a) & set(b)) / K for a, b in zip(expected, found, strict=True)])
+    return {
+        "recall_at_100": round(float(recall), 4),
+        "median_query_s": round(float(np.median(seconds)), 4),
+        "median_query_cpu_s": round(float(np.median(cpu)), 4),
+    }
+
+
+def _usearch(vectors: np.ndarray, q: np.ndarray, expected: np.ndarray, work: Path) -> dict:
+    from usearch.index import Index
+
+    before, start, start_cpu = _status_mib(), time.perf_counter(), time.process_time()
+    index = Index(ndim=vectors.shape[1], metric="cos", dtype="i8", connectivity=16, expansion_add=128)  # fmt: skip
+    for s in range(0, len(vectors), 1 << 16):
+        block = np.asarray(vectors[s : s + (1 << 16)], np.float32)
+        index.add(np.arange(s, s + len(block)), block, threads=os.cpu_count())
+    out: dict = {"config": "HNSW i8, M=16, ef_construction=128"}
+    out["build_s"], out["build_cpu_s"] = round(time.perf_counter() - start, 1), round(time.process_time() - start_cpu, 1)  # fmt: skip
+    out["rss_anon_added_mib"] = round(_status_mib()["rss_anon_mib"] - before["rss_anon_mib"], 1)
+    index.save(str(work / "alternative.usearch"))
+    out["bytes_on_disk"] = (work / "alternative.usearch").stat().st_size
+    (work / "alternative.usearch").unlink()
+    for ef, rerank in ((128, 0), (256, 0), (128, 1000)):
+        index.expansion_search = ef
+
+        def search(query: np.ndarray, rerank: int = rerank) -> np.ndarray:
+            keys = np.asarray(index.search(query, max(K, rerank), threads=1).keys, np.int64)
+            return exact_search(vectors, query, K, rows=keys)[1][0] if rerank else keys
+
+        out[f"ef{ef}_rerank{rerank}"] = _timed_search(search, q, expected)
+    return out
+
+
+def _lancedb(vectors: np.ndarray, q: np.ndarray, expected: np.ndarray, work: Path) -> dict:
+    import lancedb
+    import pyarrow as pa
+
+    rows, dim = vectors.shape
+    schema = pa.schema([("row", pa.int64()), ("vector", pa.list_(pa.float32(), dim))])
+
+    def batches():
+        for s in range(0, rows, 1 << 16):
+            block = np.asarray(vectors[s : s + (1 << 16)], np.float32)
+            vector = pa.FixedSizeListArray.from_arrays(pa.array(block.ravel()), dim)
+            yield pa.record_batch([pa.array(np.arange(s, s + len(block))), vector], schema=schema)
+
+    shutil.rmtree(work / "alternative.lance", ignore_errors=True)
+    table = lancedb.connect(str(work / "alternative.lance")).create_table(
+        "windows", data=pa.RecordBatchReader.from_batches(schema, batches()), schema=schema
+    )
+    start, start_cpu = time.perf_counter(), time.process_time()
+    partitions = 2 ** round(math.log2(2 * math.sqrt(rows)))
+    table.create_index(metric="cosine", vector_column_name="vector", index_type="IVF_PQ",
+                       num_partitions=partitions, num_sub_vectors=dim // 8)  # fmt: skip
+    out: dict = {"config": f"IVF_PQ, {partitions} partitions, {dim // 8} sub-vectors, float32"}
+    out["index_s"], out["index_cpu_s"] = round(time.perf_counter() - start, 1), round(time.process_time() - start_cpu, 1)  # fmt: skip
+    out["bytes_on_disk"] = sum(p.stat().st_size for p in (work / "alternative.lance").rglob("*") if p.is_file())  # fmt: skip
+    for nprobes, refine in ((64, 10), (64, 40)):
+
+        def search(query: np.ndarray, nprobes: int = nprobes, refine: int = refine) -> np.ndarray:
+            hits = table.search(query[0]).metric("cosine").nprobes(nprobes).refine_factor(refine)
+            return hits.limit(K).select(["row"]).to_arrow()["row"].to_numpy()
+
+        out[f"nprobes{nprobes}_refine{refine}"] = _timed_search(search, q, expected)
+    shutil.rmtree(work / "alternative.lance")
+    return out
+
+
+def bench_indexing(arch: str, device: str, scenes: int, size: int, repeats: int, tmp: Path) -> dict:
+    """Catalog.build over ``scenes`` small rasters vs encode_windows on each, same windows.
+
+    The two alternate ``repeats`` times (a fresh catalog each time) and the best of each is
+    kept, so a burst of load from other processes does not land on one side only.
+    """
     import torch
 
     from dgtrs_geo.localization.encode import encode_windows
@@ -245,26 +375,31 @@ def bench_indexing(arch: str, device: str, scenes: int, size: int, tmp: Path) ->
     scales, batch = (64, 128), 32
     plans = [plan_windows(size, size, scales).windows for _ in paths]
     encode_windows(model, RasterSource(paths[0]), plans[0][:batch], batch_size=batch)  # warm-up
-    start = time.perf_counter()
-    windows = sum(
-        len(encode_windows(model, RasterSource(p), w, batch_size=batch)[0])
-        for p, w in zip(paths, plans, strict=True)
-    )
-    single_s = time.perf_counter() - start
-    start = time.perf_counter()
-    catalog = Catalog.build(
-        [str(folder)], model, tmp / "bench.dgtrs-catalog", scales=scales, scale_unit="px",
-        batch_size=batch, device=device,
-    )  # fmt: skip
-    catalog_s = time.perf_counter() - start
-    rows = len(catalog)
+    single_s, catalog_s = [], []
+    for repeat in range(repeats):
+        start = time.perf_counter()
+        windows = sum(
+            len(encode_windows(model, RasterSource(p), w, batch_size=batch)[0])
+            for p, w in zip(paths, plans, strict=True)
+        )
+        single_s.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        catalog = Catalog.build(
+            [str(folder)], model, tmp / f"bench{repeat}.dgtrs-catalog", scales=scales,
+            scale_unit="px", batch_size=batch, device=device,
+        )  # fmt: skip
+        catalog_s.append(time.perf_counter() - start)
+        rows = len(catalog)
+    single, cat = windows / min(single_s), rows / min(catalog_s)
     return {
-        "scenes": scenes, "scene_px": size, "scales_px": list(scales), "batch": batch,
+        "arch": arch, "device": device, "scenes": scenes, "scene_px": size,
+        "scales_px": list(scales), "batch": batch, "repeats": repeats,
         "windows_single_raster": windows, "windows_catalog": rows,
-        "single_raster_s": round(single_s, 2), "catalog_s": round(catalog_s, 2),
-        "single_raster_windows_per_s": round(windows / single_s, 1),
-        "catalog_windows_per_s": round(rows / catalog_s, 1),
-        "ratio": round((rows / catalog_s) / (windows / single_s), 3),
+        "single_raster_s": [round(t, 2) for t in single_s],
+        "catalog_s": [round(t, 2) for t in catalog_s],
+        "single_raster_windows_per_s": round(single, 1), "catalog_windows_per_s": round(cat, 1),
+        "ratio": round(cat / single, 3),
+        "gpu": torch.cuda.get_device_name() if device.startswith("cuda") else None,
     }  # fmt: skip
 
 
@@ -294,6 +429,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--scenes", type=int, default=200)
     parser.add_argument("--scene-px", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=2, help="alternating runs in indexing")
     parser.add_argument("--build-child")
     parser.add_argument("--search-child")
     parser.add_argument("--directory")
@@ -326,9 +462,13 @@ def main() -> None:
                 if not args.keep:
                     for path in work.glob(f"*-{rows}*"):
                         shutil.rmtree(path) if path.is_dir() else path.unlink()
+        if "alternatives" in only:
+            report["alternatives"] = [
+                bench_alternatives(int(float(s)), work, args.queries) for s in args.sizes.split(",")
+            ]
         if "indexing" in only:
             report["indexing"] = bench_indexing(
-                args.arch, args.device, args.scenes, args.scene_px, Path(name)
+                args.arch, args.device, args.scenes, args.scene_px, args.repeats, Path(name)
             )
     json.dump(report, sys.stdout, indent=2)
     sys.stdout.write("\n")

@@ -225,7 +225,8 @@ def score_image(
             _score(rows, name, prob_map, entry, seconds / len(entries))
             query_maps[name] = prob_map
     for query_maps, entry in zip(maps, entries, strict=True):
-        for label, model in models.items():
+        for label in settings.models:
+            model = models[label]
             for mode in settings.modes:
                 prob_map, seconds = _timed(
                     functions[mode], image, entry["caption"], model, settings.scales
@@ -331,11 +332,10 @@ def plot_maps(kept: list[dict], path: Path, columns: Sequence[str]) -> None:
 def run_seed(args: argparse.Namespace, seed: int, out: Path) -> dict[str, Any]:
     root = write_scenes(out / f"seed-{seed}" / "airslt", seed, args.scenes, args.size)
     folder, training = train_or_reuse(seed, args.train_length, args.retrain, args.threads)
-    models = {
-        "trained-248": dgtrs_geo.load_model(folder / "dgtrs.pt"),
-        "trained-77": dgtrs_geo.load_model(folder / "dgtrs-77.pt"),
-        "random": dgtrs_geo.load_model(folder / "random.pt"),
-    }
+    files = {"trained-248": "dgtrs.pt", "trained-77": "dgtrs-77.pt", "random": "random.pt"}
+    # Dense rows read the trained model, so it is loaded whatever --models says.
+    names = dict.fromkeys(["trained-248"] * bool(args.dense) + args.models)
+    models = {name: dgtrs_geo.load_model(folder / files[name]) for name in names}
     with warnings.catch_warnings():
         # Long queries are cut on the 77-token model: that is the point of its row.
         warnings.simplefilter("ignore", TextTruncationWarning)
@@ -405,6 +405,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--size", type=int, default=1024, help="scene side in pixels")
     parser.add_argument("--modes", default="reference,fast", help="window-level map modes")
     parser.add_argument(
+        "--models", default="trained-248,trained-77,random", help="model rows (comma-separated)"
+    )
+    parser.add_argument(
         "--dense",
         default="maskclip,clearclip,maskclip+window",
         help="dense methods, '+window' to blend in the window score ('' for none)",
@@ -418,6 +421,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     args.modes = [m for m in args.modes.split(",") if m]
     args.dense = [m for m in args.dense.split(",") if m]
+    args.models = [m for m in args.models.split(",") if m]
     args.scales = REFERENCE_SCALES
     torch.set_num_threads(args.threads)
     seeds = [int(s) for s in args.seeds.split(",")]

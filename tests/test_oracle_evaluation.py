@@ -566,3 +566,19 @@ def test_to_pil_scales_rounds_clips_and_keeps_three_bands() -> None:
     scaled = to_pil(image, pixel_scale=255 / 3000)
     # 100.6 and 300 digital numbers: 8.55 -> 9 and 25.5 -> 26 (round half to even: 26).
     assert np.asarray(scaled)[0, 2:].tolist() == [[9, 9, 9], [26, 26, 26]]
+
+
+def test_save_figure_writes_that_png_at_120_dpi_and_closes_only_it(tmp_path: Path) -> None:
+    from matplotlib import pyplot as plt
+
+    from dgtrs_geo.evaluation.report import save_figure
+
+    figure, _ = plt.subplots(figsize=(5, 4))
+    other, _ = plt.subplots(figsize=(2, 2))  # now the current figure
+    path = save_figure(figure, tmp_path / "sub" / "f.png")
+    assert path == tmp_path / "sub" / "f.png"
+    with Image.open(path) as png:
+        assert png.format == "PNG" and png.size == (5 * 120, 4 * 120)
+    assert not plt.fignum_exists(figure.number) and plt.fignum_exists(other.number)
+    assert [p.name for p in (tmp_path / "sub").iterdir()] == ["f.png"]
+    plt.close(other)

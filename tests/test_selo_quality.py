@@ -18,6 +18,7 @@ from dgtrs_geo import cli
 BENCHMARK = Path(__file__).parents[1] / "benchmarks" / "selo_quality.py"
 # The small version: 16 scenes (64 queries), fast maps, 100 training steps, seed 0.
 SMALL = ["--scenes", "16", "--modes", "fast", "--dense", "", "--figure", "0"]
+SMALL += ["--models", "trained-248,random"]
 SMALL += ["--train-length", "6400", "--seeds", "0"]
 # Rmi of the trained model minus that of random weights in this small version, measured over
 # seeds 0-3 (scenes and training): 0.097, 0.066, 0.125, 0.087; mean 0.094, sd 0.024 (with 6

@@ -22,7 +22,7 @@ see docs/catalog.md for the full tables):
   own copy of the vectors (the GeoParquet store already has them); recall@100 0.76 with
   ``refine_factor`` 10 and ``nprobes`` 64 at 10^5, 29 ms a query.
 
-Index folder (all names start with ``ann``; other files in the folder are never touched):
+Index folder (``ann.json``, ``ann-*.faiss``, ``ann-*.npy``; other files are never touched):
 
 - ``ann.json``: the manifest, replaced last and atomically, so a reader sees the old index or the
   new one, never a mix. Keys: ``format`` (``"dgtrs-geo-ann"``), ``version``, ``kind``
@@ -52,7 +52,7 @@ from typing import Any, TypeGuard, cast
 import faiss
 import numpy as np
 
-from dgtrs_geo.errors import EmbeddingIndexError, IndexMismatchError, InputError
+from dgtrs_geo.errors import EmbeddingIndexError, IndexMismatchError, InputError, OutputError
 
 __all__ = ["EXACT_BELOW", "AnnIndex", "build_ann", "exact_search"]
 
@@ -136,7 +136,7 @@ def build_ann(
 
     Below :data:`EXACT_BELOW` rows the index is exact (a manifest only); above, a FAISS IVF-PQ
     index is trained on a random sample and filled block by block, so RAM stays bounded by the
-    compressed codes (40 bytes a row at d=512) plus one block. The manifest is replaced last and
+    compressed codes (about 75 bytes a row at d=512) plus the training sample and one block. The manifest is replaced last and
     atomically; files of earlier builds are removed after it.
 
     Args:
@@ -144,8 +144,8 @@ def build_ann(
             whole ``.npy`` file (e.g. ``np.load(path, mmap_mode="r")``): the index then refers to
             that file for its exact re-rank instead of keeping a copy. Keep the file where it is
             relative to ``directory`` (moving both together is fine).
-        directory: the index folder (created if missing). Files named ``ann*`` in it belong to
-            the index; nothing else there is touched.
+        directory: the index folder (created if missing). ``ann.json``, ``ann-*.faiss`` and
+            ``ann-*.npy`` in it belong to the index; nothing else there is touched.
         progress: called with (fraction done in [0, 1], stage) as the build advances.
 
     Raises:
@@ -155,10 +155,10 @@ def build_ann(
     _check_embeddings(embeddings)
     report = progress or (lambda fraction, stage: None)
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     token = secrets.token_hex(6)
     written: list[Path] = []
     try:
+        directory.mkdir(parents=True, exist_ok=True)
         report(0.0, "checking embeddings")
         vectors, source = _embeddings_source(embeddings, directory, token, written)
         manifest = _base_manifest(vectors, source)
@@ -172,9 +172,11 @@ def build_ann(
         manifest["files"] = {p.name: _file_record(p) for p in written}
         report(0.98, "writing")
         _write_json_atomic(directory / MANIFEST, manifest)
-    except BaseException:
+    except BaseException as error:
         for path in written:
             path.unlink(missing_ok=True)
+        if isinstance(error, OSError):
+            raise OutputError(f"Cannot write the nearest-neighbour index in {directory} ({error}): free disk space or choose a writable folder.") from error  # fmt: skip
         raise
     _remove_stale(directory, keep={MANIFEST, *manifest["files"]})
     report(1.0, "done")
@@ -267,10 +269,9 @@ class AnnIndex:
         if self.mapping is None or not hasattr(self.mapping, "madvise") or not len(rows):
             return
         row_bytes = self.embeddings.shape[1] * self.embeddings.itemsize
-        offset = self.offset
-        starts = offset + rows * row_bytes
+        starts = self.offset + rows * row_bytes
         starts -= starts % mmap.PAGESIZE
-        ends = offset + (rows + 1) * row_bytes
+        ends = self.offset + (rows + 1) * row_bytes
         # Rows are sorted: merge the page ranges that touch, one call per run.
         run_start, run_end = int(starts[0]), int(ends[0])
         for start, end in zip(starts[1:].tolist(), ends[1:].tolist(), strict=True):
@@ -292,7 +293,8 @@ def ivf_parameters(rows: int) -> tuple[int, int]:
     the recall up, at a cost of about a millisecond.
     """
     nlist = 2 ** round(math.log2(2 * math.sqrt(rows)))
-    nlist = min(65536, max(64, nlist))
+    # FAISS wants 39 training rows per cell; only small test indexes come near that.
+    nlist = min(nlist, 65536, 2 ** int(math.log2(rows / 39)))
     nprobe = max(nlist // 64, math.ceil(SCAN_ROWS * nlist / rows))
     return nlist, min(nlist, nprobe)
 
@@ -314,7 +316,10 @@ def _build_ivfpq(vectors: np.ndarray, path: Path, report: Progress) -> dict:
         report(0.3 + 0.65 * start / rows, "adding rows")
         index.add(_checked_block(vectors, start, start + ADD_ROWS))
     report(0.95, "writing")
-    faiss.write_index(index, str(path))
+    try:
+        faiss.write_index(index, str(path))
+    except RuntimeError as error:  # FAISS reports a failed fopen/fwrite so
+        raise OSError(f"FAISS could not write {path}: {error}") from error
     _fsync(path)
     return {"factory": factory, "nlist": nlist, "nprobe": nprobe, "rerank": RERANK}
 
@@ -440,10 +445,11 @@ def _read_faiss(directory: Path, manifest: dict) -> faiss.Index:
 
 
 def _remove_stale(directory: Path, keep: set[str]) -> None:
-    """Remove files of earlier (or interrupted) builds: ``ann*`` files the manifest does not name."""
-    for path in directory.glob("ann*"):
-        if path.name not in keep and path.is_file():
-            path.unlink(missing_ok=True)
+    """Remove files of earlier or interrupted builds that the manifest does not name."""
+    for pattern in ("ann-*.faiss", "ann-*.npy", f"{MANIFEST}.*.tmp"):
+        for path in directory.glob(pattern):
+            if path.name not in keep:
+                path.unlink(missing_ok=True)
 
 
 def _write_json_atomic(path: Path, data: dict) -> None:

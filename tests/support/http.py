@@ -1,13 +1,15 @@
 """A local HTTP server for tests that read remote files: GDAL's ``/vsicurl/``, downloads.
 
-``serve_directory(path)`` serves a folder on 127.0.0.1 (an ephemeral port) from a background
-thread for the length of a ``with`` block and yields its base URL. Files answer ``GET`` and
+``serve_directory(path)`` serves a folder on 127.0.0.1 (an ephemeral port) for the length of a
+``with`` block and yields its base URL. The server (one thread per connection) runs in a child
+process: rasterio holds the GIL while GDAL opens a dataset, so a server thread in the test's own
+process would never answer GDAL's first request and the test would hang. Files answer ``GET`` and
 ``HEAD`` with ``Content-Length``, ``Accept-Ranges: bytes`` and ``Last-Modified``; a single
 ``Range: bytes=...`` (``a-b``, ``a-`` or ``-n``) answers 206 with ``Content-Range``, an
 unsatisfiable one 416, several ranges the whole file (200, which RFC 9110 allows), as GDAL's
 ``/vsicurl/`` expects. Pass a list as ``log`` to record each request as ``(method, path,
-Range header or None, status)``, e.g. to check that a reader fetched byte ranges and not the
-whole file::
+Range header or None, status)`` (filled in when the block ends), e.g. to check that a reader
+fetched byte ranges and not the whole file::
 
     with serve_directory(tmp_path, log=requests) as url:
         with rasterio.open(f"/vsicurl/{url}/scene.tif") as src:
@@ -18,8 +20,13 @@ from __future__ import annotations
 
 import email.utils
 import io
+import json
 import os
 import re
+import signal
+import subprocess
+import sys
+import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,6 +34,7 @@ from functools import partial
 from http import HTTPStatus
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import TextIO
 
 __all__ = ["serve_directory"]
 
@@ -36,7 +44,7 @@ _RANGE = re.compile(r"bytes=(\d*)-(\d*)$")
 class _RangeRequestHandler(SimpleHTTPRequestHandler):
     """``SimpleHTTPRequestHandler`` plus single byte ranges; quiet; logs to ``log`` if given."""
 
-    def __init__(self, *args, log: list | None = None, **kwargs) -> None:
+    def __init__(self, *args, log: TextIO | None = None, **kwargs) -> None:
         self._log = log
         super().__init__(*args, **kwargs)
 
@@ -79,7 +87,8 @@ class _RangeRequestHandler(SimpleHTTPRequestHandler):
 
     def send_response(self, code, message=None) -> None:  # noqa: D102
         if self._log is not None:
-            self._log.append((self.command, self.path, self.headers.get("Range"), int(code)))
+            entry = [self.command, self.path, self.headers.get("Range"), int(code)]
+            self._log.write(json.dumps(entry) + "\n")
         super().send_response(code, message)
 
     def log_message(self, format: str, *args) -> None:  # noqa: A002, D102 - keep test output clean
@@ -93,19 +102,41 @@ def serve_directory(path: str | Path, *, log: list | None = None) -> Iterator[st
     Args:
         path: the folder to serve (its files are read at each request, so files written while
             the server runs are served too).
-        log: if given, each request is appended as ``(method, path, range, status)``.
+        log: if given, each request is appended as ``(method, path, range, status)`` when the
+            block ends.
 
     Yields:
         ``http://127.0.0.1:PORT`` (no trailing slash).
     """
-    handler = partial(_RangeRequestHandler, directory=str(path), log=log)
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, name="serve_directory", daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    with tempfile.TemporaryDirectory() as tmp:
+        log_file = Path(tmp) / "requests.jsonl"
+        # -P: this file's folder stays off sys.path, where its name would hide the stdlib's http.
+        child = subprocess.Popen(
+            [sys.executable, "-P", __file__, str(path), str(log_file)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            port = child.stdout.readline().strip()
+            if not port.isdigit():
+                raise RuntimeError(f"the test HTTP server did not start: {child.stderr.read()}")
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            child.terminate()
+            child.communicate(timeout=30)
+        if log is not None and log_file.exists():
+            log.extend(tuple(json.loads(line)) for line in log_file.read_text().splitlines())
+
+
+def _serve(directory: str, log_path: str) -> None:
+    """The child process: serve until terminated; print the port once listening."""
+    with open(log_path, "a", buffering=1, encoding="utf-8") as log:
+        handler = partial(_RangeRequestHandler, directory=directory, log=log)
+        with ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
+            server.daemon_threads = True
+            signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())  # fmt: skip
+            print(server.server_address[1], flush=True)
+            server.serve_forever()
+
+
+if __name__ == "__main__":
+    _serve(sys.argv[1], sys.argv[2])
