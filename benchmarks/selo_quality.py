@@ -201,6 +201,16 @@ def _timed(function: Callable[..., Any], *args: Any) -> tuple[Any, float]:
     return function(*args), time.perf_counter() - start
 
 
+def dense_variant(name: str) -> tuple[str, float]:
+    """``"maskclip"``: patch scores; ``"maskclip+window"``: half the patch's score, half its
+    window's; ``"window"``: the window's score at patch resolution with the dense smoothing (a
+    control: what the dense finish alone does, without patch features)."""
+    if name == "window":
+        return "maskclip", 1.0
+    method, _, blend = name.partition("+")
+    return method, 0.5 if blend else 0.0
+
+
 def score_image(
     image: np.ndarray,
     entries: list[dict],
@@ -214,10 +224,9 @@ def score_image(
     maps: list[dict[str, np.ndarray]] = [{} for _ in entries]
     for variant in settings.dense:
         name = f"trained-248 dense-{variant}"
-        # "maskclip+window": half the patch's score, half its window's.
-        method, _, blend = variant.partition("+")
+        method, weight = dense_variant(variant)
         found, seconds = _timed(
-            lambda m=method, w=0.5 if blend else 0.0: dense_probability_maps(
+            lambda m=method, w=weight: dense_probability_maps(
                 image, captions, models["trained-248"], settings.scales, m, window_weight=w
             )
         )
@@ -409,8 +418,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     )
     parser.add_argument(
         "--dense",
-        default="maskclip,clearclip,maskclip+window",
-        help="dense methods, '+window' to blend in the window score ('' for none)",
+        default="maskclip,clearclip,maskclip+window,window",
+        help="dense variants (see dense_variant; '' for none)",
     )
     parser.add_argument("--figure", type=int, default=3, help="queries drawn in the figure")
     parser.add_argument(
