@@ -91,7 +91,13 @@ class ColourModel:
 @pytest.fixture
 def colour_model(monkeypatch: pytest.MonkeyPatch) -> ColourModel:
     model = ColourModel()
-    monkeypatch.setattr(dgtrs_geo, "load_model", lambda source, device="cpu", **kw: model)
+    model.loaded = []  # (source, device) of every load
+
+    def load_model(source, device="cpu", **kwargs):
+        model.loaded.append((source, device))
+        return model
+
+    monkeypatch.setattr(dgtrs_geo, "load_model", load_model)
     return model
 
 
@@ -184,6 +190,11 @@ def test_zeroshot_accuracy_and_confusion_match_a_direct_computation(colour_model
     )
     table = (tmp_path / "out" / "results.md").read_text().splitlines()
     assert table[2] == "| model | EuroSAT |" and table[4] == "| colour | 88.89 |"
+    report = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert report["model_ids"] == {"colour": "colour-v1"} and report["models"] == ["colour"]
+    assert report["datasets"] == [{"name": "EuroSAT", "task": "zeroshot"}]
+    assert report["rmi_weights"] == {"rsu": 0.4, "ras": 0.35, "rda": 0.25}
+    assert colour_model.loaded == [("colour", "cpu")]
 
 
 def test_class_weights_follow_the_class_order_with_the_real_prompt_ensemble(
@@ -582,3 +593,158 @@ def test_save_figure_writes_that_png_at_120_dpi_and_closes_only_it(tmp_path: Pat
     assert not plt.fignum_exists(figure.number) and plt.fignum_exists(other.number)
     assert [p.name for p in (tmp_path / "sub").iterdir()] == ["f.png"]
     plt.close(other)
+
+
+# --- every benchmark name builds its own dataset ---------------------------------------------
+
+DATA = Path(__file__).parent / "data"
+
+
+def _class_folders(root: Path, base: Path, split_file: str, suffix: str) -> None:
+    """Two classes x three splits of 8 x 8 RGB files, listed in TorchGeo's split files."""
+    for k, split in enumerate(("train", "val", "test")):
+        names = []
+        for name, colour in (("dense_residential", (200, 30, 30)), ("harbor", (20, 40, 210))):
+            filename = f"{name}{k:02d}{suffix}"
+            (root / base / name).mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (8, 8), colour).save(root / base / name / filename)
+            names.append(filename)
+        (root / split_file.format(split)).write_text("\n".join(names) + "\n")
+
+
+@pytest.mark.parametrize(
+    ("name", "cls", "root"),
+    [
+        ("RSITMD", "RSITMD", DATA / "rs_captions" / "rsitmd"),
+        ("RSICD", "RSICD", DATA / "rs_captions" / "rsicd"),
+        ("UCMCaptions", "UCMCaptions", DATA / "rs_captions" / "ucm"),
+        ("DGTRSD", "DGTRSD", DATA / "dgtrsd"),
+    ],
+)
+def test_caption_benchmarks_default_to_their_test_split(name: str, cls: str, root: Path) -> None:
+    from dgtrs_geo import datasets
+    from dgtrs_geo.evaluation.data import load_benchmark
+
+    data = load_benchmark(name.lower(), str(root))
+    expected = getattr(datasets, cls)(root=str(root), split="test")
+    assert type(data.dataset) is type(expected) and len(data.dataset) == len(expected) > 0
+    assert (data.name, data.task, data.classnames, data.pixel_scale) == (
+        name, "retrieval", None, 1.0
+    )  # fmt: skip
+    assert data.key == f"{name}|{root}|test|{len(expected)}"
+
+
+def test_synthetic_scenes_need_no_root_and_follow_split_and_length() -> None:
+    from dgtrs_geo.evaluation.data import load_benchmark
+
+    data = load_benchmark("syntheticscenes", "/ignored", split="val", synthetic_length=7)
+    assert len(data.dataset) == 7 and data.dataset.split == "val"
+    assert data.key == "SyntheticScenes||val|7" and data.task == "retrieval"
+    assert load_benchmark("SyntheticScenes", "").key == "SyntheticScenes||test|500"
+
+
+@pytest.mark.parametrize("name", ["UCMerced", "RESISC45", "AID", "ImageFolder"])
+def test_classification_benchmarks_read_every_split_as_8_bit(name: str, tmp_path: Path) -> None:
+    from torch.utils.data import ConcatDataset
+
+    from dgtrs_geo.evaluation.data import load_benchmark
+
+    match name:
+        case "UCMerced":
+            _class_folders(tmp_path, Path("UCMerced_LandUse/Images"), "uc_merced-{}.txt", ".tif")
+        case "RESISC45":
+            _class_folders(tmp_path, Path("NWPU-RESISC45"), "resisc45-{}.txt", ".jpg")
+        case _:
+            _class_folders(tmp_path, Path("."), "unused-{}.txt", ".png")
+    data = load_benchmark(name, str(tmp_path))
+    assert data.task == "zeroshot" and data.pixel_scale == 1.0
+    assert data.classnames == ["dense residential", "harbor"]
+    assert len(data.dataset) == 6 and data.key == f"{name}|{tmp_path}|all|6"
+    if name in ("UCMerced", "RESISC45"):
+        assert isinstance(data.dataset, ConcatDataset)  # train + val + test
+        test_only = load_benchmark(name, str(tmp_path), split="test")
+        assert not isinstance(test_only.dataset, ConcatDataset) and len(test_only.dataset) == 2
+    # 8-bit data as it is: the first sample of the first class is red.
+    assert data.dataset[0]["image"][:, 0, 0].tolist() == pytest.approx([200, 30, 30], abs=2)
+
+
+def test_limit_keeps_the_first_samples_and_no_more() -> None:
+    from torch.utils.data import Subset
+
+    from dgtrs_geo.evaluation.data import load_benchmark
+
+    whole = load_benchmark("SyntheticScenes", "", synthetic_length=5)
+    assert load_benchmark("SyntheticScenes", "", limit=5, synthetic_length=5).dataset is not None
+    assert not isinstance(
+        load_benchmark("SyntheticScenes", "", limit=5, synthetic_length=5).dataset, Subset
+    )
+    cut = load_benchmark("SyntheticScenes", "", limit=3, synthetic_length=5)
+    assert isinstance(cut.dataset, Subset) and list(cut.dataset.indices) == [0, 1, 2]
+    assert cut.key == "SyntheticScenes||test|3" and len(whole.dataset) == 5
+    with pytest.raises(ValueError, match="unknown dataset 'Nowhere'; known datasets: RSITMD, "):
+        load_benchmark("Nowhere", "")
+
+
+def test_run_evaluation_contract(colour_model, tmp_path: Path, monkeypatch) -> None:
+    from dgtrs_geo.errors import InputError
+    from dgtrs_geo.evaluation import embeddings
+    from dgtrs_geo.evaluation.data import load_benchmark
+    from dgtrs_geo.evaluation.runner import (
+        EvaluationSettings,
+        evaluate_retrieval,
+        model_label,
+        run_evaluation,
+    )
+
+    _fabricate_eurosat(tmp_path / "EuroSAT")
+    data = load_benchmark("EuroSAT", str(tmp_path / "EuroSAT"))
+    with pytest.raises(
+        InputError, match=r"^evaluation needs at least one --model and one --dataset$"
+    ):
+        run_evaluation([], [data], EvaluationSettings())
+    with pytest.raises(InputError, match=r"would share a row name in the report: \['x', 'x'\]"):
+        run_evaluation(["a/x.pt", "b/x.pt"], [data], EvaluationSettings())
+    with pytest.raises(InputError, match="^EuroSAT gave no captions: is it a caption dataset"):
+        evaluate_retrieval(colour_model, data, EvaluationSettings(progress=False))
+    assert model_label("dgtrs-clip-vit-b-16") == "dgtrs-clip-vit-b-16"
+    assert model_label("/runs/7/last.ckpt") == "last"
+    assert model_label("/runs/7/exported") == "/runs/7/exported"  # no suffix: kept whole
+    # Settings reach the loader and the embedding loop: device, batches, workers, progress.
+    loaders = []
+    real_loader = embeddings.DataLoader
+
+    def loader(*args, **kwargs):
+        loaders.append(kwargs)
+        return real_loader(*args, **{**kwargs, "num_workers": 0})
+
+    monkeypatch.setattr(embeddings, "DataLoader", loader)
+    sizes = []
+    encode = colour_model.encode_image
+    monkeypatch.setattr(
+        colour_model, "encode_image", lambda x: (sizes.append(len(x)), encode(x))[1]
+    )
+    settings = EvaluationSettings(device="cuda:7", batch_size=4, num_workers=3, progress=True)
+    run_evaluation(["colour"], [data], settings)
+    assert colour_model.loaded[-1] == ("colour", "cuda:7")
+    assert sizes == [4, 4, 1] and loaders[-1]["num_workers"] == 3
+
+
+def test_confusion_figure_shows_row_normalised_rates() -> None:
+    from matplotlib import pyplot as plt
+
+    from dgtrs_geo.evaluation.zeroshot import plot_confusion_matrix
+
+    figure = plot_confusion_matrix([[3, 1, 0], [0, 0, 0], [2, 2, 4]], ["a", "b", "c"], "t")
+    ax = figure.axes[0]
+    rates = ax.images[0].get_array()
+    # Each true class's row sums to 1; a class without samples stays 0 (no division by 0).
+    np.testing.assert_allclose(rates, [[0.75, 0.25, 0], [0, 0, 0], [0.25, 0.25, 0.5]])
+    assert ax.images[0].get_clim() == (0, 1)
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["a", "b", "c"]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["a", "b", "c"]
+    assert (ax.get_xlabel(), ax.get_ylabel(), ax.get_title()) == ("predicted", "true", "t")
+    assert tuple(figure.get_size_inches()) == (5.0, 4.0)
+    big = plot_confusion_matrix(np.eye(30, dtype=int).tolist(), [str(i) for i in range(30)])
+    assert tuple(big.get_size_inches()) == (10.5, 9.5) and big.axes[0].get_title() == ""
+    plt.close(figure)
+    plt.close(big)

@@ -80,6 +80,9 @@ def evaluate_retrieval(
         ``{"short": recalls}`` and ``{"long": recalls}`` when there are long captions; recalls
         as :func:`~dgtrs_geo.evaluation.retrieval.retrieval_recalls` returns them.
 
+    Raises:
+        InputError: if the dataset has no captions.
+
     """
     emb = _encode(model, data, settings)
     result: dict[str, dict[str, float]] = {}
@@ -89,7 +92,7 @@ def evaluate_retrieval(
                 emb["image"], emb[granularity], emb[f"{granularity}_to_image"]
             )
     if not result:
-        raise ValueError(f"{data.name} gave no captions: is it a caption dataset?")
+        raise InputError(f"{data.name} gave no captions: is it a caption dataset?")
     return result
 
 
@@ -106,9 +109,12 @@ def evaluate_zeroshot(
     Returns:
         ``{"top1", "per_class", "confusion", "classnames"}``.
 
+    Raises:
+        InputError: if the dataset has no class names.
+
     """
     if not data.classnames:
-        raise ValueError(f"{data.name} has no class names: is it a classification dataset?")
+        raise InputError(f"{data.name} has no class names: is it a classification dataset?")
     emb = _encode(model, data, settings)
     weights = class_weights(model, data.classnames, settings.templates, settings.batch_size)
     metrics = classification_metrics(
