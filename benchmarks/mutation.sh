@@ -32,7 +32,8 @@ results="$repo/benchmarks/results"
 # that only reach a module through a subprocess (worker, QGIS) cannot kill its mutants in-process.
 declare -A tests=(
     [evaluation]="tests/test_zeroshot.py tests/test_retrieval.py tests/test_evaluation_*.py
-                  tests/test_selo*.py tests/test_oracle_evaluation*.py tests/test_oracle_selo*.py"
+                  tests/test_selo.py tests/test_selo_mask*.py tests/test_oracle_evaluation*.py
+                  tests/test_oracle_selo*.py"
     [localization]="tests/test_localization_*.py tests/test_oracle_localization*.py
                     tests/test_oracle_polygons*.py tests/test_oracle_cli*.py"
     [models]="tests/test_kps.py tests/test_checkpoints.py tests/test_cli_models.py
