@@ -1,7 +1,9 @@
 """Localization quality on synthetic AIR-SLT-style scenes: SeLo Rsu, Ras, Rda, Rmi per map recipe.
 
-Usage: python benchmarks/selo_quality.py [--out output/selo-quality] [--seeds 0] [--scenes 8]
-           [--size 1024] [--modes reference,fast] [--dense maskclip,clearclip] [--retrain]
+Usage: python benchmarks/selo_quality.py [--out output/selo-quality] [--seeds 0,1,2] [--scenes 8]
+           [--size 1024] [--modes reference,fast] [--models trained-248,trained-77,random]
+           [--dense maskclip,clearclip,maskclip+window,window] [--train-length N] [--retrain]
+           [--threads 1] [--figure 3]
 
 For each seed:
 1. draws ``--scenes`` large scenes (dgtrs_geo.datasets.synthetic_selo; 2 targets each, a short and
@@ -13,7 +15,8 @@ For each seed:
    the positional table cut to 77 rows, and random weights of the same architecture;
 3. scores every query with every map recipe: each model in each ``--modes`` (the functions
    ``dgtrs-geo evaluate selo`` calls), the trained model's dense (patch-level) maps per ``--dense``
-   method, and two oracles from the generator's own masks: the mask itself (the ceiling of any
+   variant (see :func:`dense_variant`; ``window`` is a control without patch features), and two
+   oracles from the generator's own masks: the mask itself (the ceiling of any
    map) and each window scored by the share of its pixels in the mask (the ceiling of window-level
    maps), finished like the reference and the fast recipe.
 Columns: the four SeLo metrics, and two sharpness measures: ``edge`` = mean map value in a band
@@ -357,7 +360,7 @@ def run_seed(args: argparse.Namespace, seed: int, out: Path) -> dict[str, Any]:
         "rows": summarise(rows),
         "samples": rows,
         "kept": kept,
-        "disk": disk_cost(args.size, args.scales, models["trained-248"]),
+        "disk": disk_cost(args.size, args.scales, next(iter(models.values()))),
     }
 
 
