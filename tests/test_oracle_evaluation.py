@@ -748,3 +748,22 @@ def test_confusion_figure_shows_row_normalised_rates() -> None:
     assert tuple(big.get_size_inches()) == (10.5, 9.5) and big.axes[0].get_title() == ""
     plt.close(figure)
     plt.close(big)
+
+
+class _Planted:
+    """Not a tensor: a cache file holding it must not be unpickled."""
+
+
+def test_a_planted_cache_file_is_refused_not_unpickled(colour_model, tmp_path: Path) -> None:
+    import pickle
+
+    from dgtrs_geo.evaluation.data import load_benchmark
+    from dgtrs_geo.evaluation.embeddings import cache_path, encode_benchmark
+
+    _fabricate_eurosat(tmp_path / "EuroSAT")
+    data = load_benchmark("EuroSAT", str(tmp_path / "EuroSAT"))
+    path = cache_path(tmp_path / "cache", colour_model.model_id, data)
+    path.parent.mkdir(parents=True)
+    torch.save({"image": _Planted()}, path)
+    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+        encode_benchmark(colour_model, data, cache_dir=tmp_path / "cache", progress=False)

@@ -141,3 +141,33 @@ def test_every_assignment_of_three_tied_captions() -> None:
         result = retrieval_recalls(image_emb, text_emb, text_to_image, ks=(1,))
         expected = _brute_force(scores, text_to_image.tolist(), ks=(1,))
         assert result == pytest.approx(expected)
+
+
+def test_input_errors_say_exactly_what_is_wrong() -> None:
+    emb = torch.eye(4)
+    with pytest.raises(ValueError, match=r"one image index per caption \(4\); got shape \(3,\)$"):
+        retrieval_recalls(emb[:, :3], torch.ones(4, 3), torch.tensor([0, 1, 2]))
+    with pytest.raises(ValueError, match=r"^retrieval needs at least one image and one caption$"):
+        retrieval_recalls(emb, torch.zeros(0, 4), torch.zeros(0, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"^retrieval needs at least one image and one caption$"):
+        retrieval_recalls(torch.zeros(0, 4), emb, torch.tensor([0, 0, 0, 0]))
+    with pytest.raises(ValueError, match=r"^text_to_image holds indices outside \[0, 3\]$"):
+        retrieval_recalls(emb, emb, torch.tensor([0, 1, 2, 4]))
+    eight = torch.eye(8)
+    with pytest.raises(
+        ValueError,
+        match=r"^7 images have no caption \(first: \[1, 2, 3, 4, 5\]\); image->text recall is "
+        r"undefined for them: drop them from image_emb$",
+    ):
+        retrieval_recalls(eight, eight[:2], torch.tensor([0, 0]))
+
+
+def test_one_pair_and_mixed_precision() -> None:
+    # One image with one caption is a valid (if certain) benchmark.
+    assert retrieval_recalls(torch.ones(1, 3), torch.ones(1, 3), torch.tensor([0]))["mR"] == 100.0
+    # Captions in another precision are compared in the images' precision.
+    generator = torch.Generator().manual_seed(2)
+    images = torch.nn.functional.normalize(torch.randn(6, 5, generator=generator), dim=1)
+    texts = torch.nn.functional.normalize(torch.randn(6, 5, generator=generator), dim=1)
+    expected = retrieval_recalls(images, texts, torch.arange(6))
+    assert retrieval_recalls(images, texts.double(), [0, 1, 2, 3, 4, 5]) == expected

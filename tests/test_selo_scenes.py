@@ -125,6 +125,7 @@ def test_airslt_folder_reads_as_it_is(tmp_path: Path, scenes: list) -> None:
         np.testing.assert_allclose(
             np.concatenate(sample["polygons"]), np.concatenate(query.polygons), atol=0.005
         )
+
     # JPEG keeps the picture (it drops some per-pixel noise): compare 8 x 8 pixel means.
     def shrink(image: np.ndarray) -> np.ndarray:
         return cv2.resize(image, (96, 96), interpolation=cv2.INTER_AREA).astype(float)

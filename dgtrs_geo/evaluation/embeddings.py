@@ -92,10 +92,9 @@ def cache_path(cache_dir: str | Path, model_id: str, data: BenchmarkData) -> Pat
 
 
 def _text_embeddings(model: Any, groups: list[list[str]], batch_size: int) -> tuple[Tensor, Tensor]:
+    """Embed every caption of every group (callers pass at least one), with its group index."""
     texts = [text for group in groups for text in group]
     owners = torch.tensor([i for i, group in enumerate(groups) for _ in group], dtype=torch.long)
-    if not texts:
-        return torch.empty(0, 0), owners
     chunks = [
         model.encode_text(texts[s : s + batch_size]).cpu() for s in range(0, len(texts), batch_size)
     ]
