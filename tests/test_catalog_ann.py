@@ -137,6 +137,35 @@ def test_ann_recall_against_exact(
     assert (np.diff(scores, axis=1) <= 0).all()
 
 
+# Measured (same vectors and build): with 4 cells and 400 candidates, recall@100 among 50% of
+# the rows 0.79, among 20% 0.86 (nprobe grows by 2x and 5x): not below the 0.77 without a filter.
+@pytest.mark.parametrize("share", [0.5, 0.2])
+def test_ann_restricted_to_rows_keeps_its_recall(
+    tmp_path: Path, small_exact: None, share: float
+) -> None:
+    x, q = clustered(4000, centres=100)
+    ann.build_ann(x, tmp_path / "idx")
+    index = ann.AnnIndex.load(tmp_path / "idx")
+    index.nprobe, index.rerank = 4, 400
+    subset = np.random.default_rng(2).choice(4000, int(4000 * share), replace=False)
+    scores, rows = index.search(q, 100, rows=subset)
+    assert np.isin(rows, subset).all()
+    assert 0.72 <= recall(brute_force(x, q, 100, subset)[1], rows) < 1
+    np.testing.assert_allclose(scores, np.einsum("qd,qkd->qk", q, x[rows].astype(np.float64)), atol=1e-6)  # fmt: skip
+
+
+def test_ann_restricted_to_few_rows_is_exact(tmp_path: Path, small_exact: None) -> None:
+    x, q = clustered(4000, centres=100)
+    ann.build_ann(x, tmp_path / "idx")
+    index = ann.AnnIndex.load(tmp_path / "idx")
+    index.nprobe, index.rerank = 4, 400
+    subset = np.random.default_rng(3).choice(4000, 250, replace=False)  # 1/16 of the rows
+    scores, rows = index.search(q, 100, rows=subset)
+    expected_s, expected_r = brute_force(x, q, 100, subset)
+    np.testing.assert_array_equal(rows, expected_r)
+    np.testing.assert_allclose(scores, expected_s, atol=1e-6)
+
+
 def test_small_catalogs_are_searched_exactly(tmp_path: Path) -> None:
     x, q = clustered(3000)
     ann.build_ann(x, tmp_path / "idx")

@@ -3,24 +3,28 @@
 A query (a text embedding) is compared with every stored window embedding by cosine similarity.
 Below :data:`EXACT_BELOW` rows that is a plain matrix product over the memory-mapped rows
 (:func:`exact_search`, also the reference the tests compare against). Above it,
-:func:`build_ann` writes a FAISS ``IVF{nlist},PQ{d/4}x4fsr`` index (an inverted file of
-``nlist`` k-means cells found through an HNSW graph, 4-bit product-quantised residuals, 64 bytes
-per row at d=512, scanned with SIMD "fast-scan"): a search probes the ``nprobe`` nearest cells, takes the ``rerank`` best
-candidates by their compressed codes and re-scores them exactly from the memory-mapped rows, so
-the scores returned are true cosines and only the candidate list is approximate.
+:func:`build_ann` writes a FAISS ``IVF{nlist}_HNSW32,PQ{d/4}x4fsr`` index: an inverted file of
+``nlist`` k-means cells (found through an HNSW graph of their centroids), each row stored as
+4-bit product-quantised residuals (64 bytes at d=512) scanned with SIMD ("fast-scan"). A search
+probes the ``nprobe`` nearest cells, takes the ``rerank`` best candidates by their codes and
+re-scores them exactly from the memory-mapped rows: the scores returned are true cosines and only
+the candidate list is approximate. The rows stay on disk; RAM holds the codes and ids (~75 bytes
+a row).
 
-Why FAISS (``python benchmarks/catalog.py``; 512-d clustered unit vectors, shared 2-core AMD EPYC;
-see docs/catalog.md for the full tables):
+Why FAISS: measured with ``benchmarks/catalog.py`` on 512-d clustered unit vectors (4,096
+clusters in a cone, as image embeddings are) stored as float16, one query at a time, top 100, on
+this project's shared 2-core AMD EPYC (load 2-6; CPU seconds are the steadier figure):
 
-- FAISS IVF-PQ fast-scan + exact re-rank: recall@100 0.98 at 10^6 rows (``nprobe`` 64,
-  1,000 candidates) in about 10 ms a query; at 10^7 rows see the module constants below and the
-  benchmark's JSON. The index holds 40 bytes a row in RAM (codes and ids); the rows stay on disk.
-- USearch 2.26 HNSW (i8, M=16): recall@100 0.85-0.87 without re-rank, 0.94 with it, at 10^5
-  rows, but it built at about 1,300 rows/s here (about 2 hours for 10^7 rows) and holds the
-  graph and the vectors in RAM (about 660 bytes a row with i8: 6.6 GB at 10^7).
-- LanceDB 0.40 IVF_PQ: its index over 10^5 rows took 500 s here (FAISS: seconds); it keeps its
-  own copy of the vectors (the GeoParquet store already has them); recall@100 0.76 with
-  ``refine_factor`` 10 and ``nprobes`` 64 at 10^5, 29 ms a query.
+- FAISS 1.15 (this module). 10^5 rows: build 28 s, 9 MB, recall@100 0.964, 15 ms a query.
+  10^6: build 119 s (87 CPU-s), 78 MB, recall 0.985, 66 ms median (30 ms CPU), 0.10 s cold.
+  10^7: build 35 min (1,303 CPU-s, 1.1 GB peak private memory), 746 MB index (752 MB of RAM
+  once loaded), recall 0.978, 49 ms median (33 ms CPU), p95 96 ms, 0.21 s cold.
+- USearch 2.26 HNSW (i8, M=16, ef_construction 128), same 10^5 rows: build 78 s, 66 MB
+  (660 bytes a row, all in RAM: 6.6 GB at 10^7), recall 0.84-0.87 (0.98 with the same exact
+  re-rank of 1,000 candidates, 9 ms). At 10^6 its build took an hour here (FAISS: 2-9 minutes).
+- LanceDB 0.40 IVF_PQ, same 10^5 rows: index 151 s, 213 MB (its own float32 copy of the rows,
+  which the GeoParquet store already holds), recall 0.64-0.80 with ``refine_factor`` 10-40,
+  21-67 ms. With float16 vectors its build over 10^5 rows had not finished after 20 minutes.
 
 Index folder (``ann.json``, ``ann-*.faiss``, ``ann-*.npy``; other files are never touched):
 
@@ -66,7 +70,7 @@ EXACT_BELOW = 50_000
 BLOCK_BYTES = 64 << 20
 #: Candidates re-scored exactly per query (at least 4 x k). The 4-bit codes rank well enough
 #: for 1,000 when a query's neighbours are close together (recall@100 0.98 at 10^6 rows) but
-#: need 4,000 when they are spread out (0.87 -> 0.96 at 10^5 rows, every cell probed).
+#: need 4,000 when they are spread out (10^5 rows, half the cells probed: 0.87 -> 0.96).
 RERANK = 4000
 #: Rows whose codes a search scans at least (see :func:`ivf_parameters`).
 SCAN_ROWS = 50_000
@@ -228,28 +232,36 @@ class AnnIndex:
             offset=int(manifest["embeddings"]["offset"]),
         )
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def search(
+        self, queries: np.ndarray, k: int, *, rows: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Return the ``k`` most similar rows for each query, best first.
 
         Args:
             queries: ``[q, d]`` (or ``[d]``) float32 query embeddings; L2-normalised here.
             k: how many rows per query.
+            rows: restrict the search to these row ids (a bbox or date filter). Up to 1/16 of
+                the index they are searched exactly (cheaper than scanning the codes of every
+                cell); above, the ANN skips the other rows (a FAISS ID selector) and probes
+                proportionally more cells, so as many candidates reach the re-rank.
 
         Returns:
             ``(scores, rows)`` as :func:`exact_search` returns them: exact cosines of the rows
             found (float32) and their ids (int64), padded with ``-inf`` / ``-1`` when the index
-            holds fewer than ``k`` rows.
+            (or ``rows``) holds fewer than ``k`` rows.
         """
         queries = _as_queries(queries, self.embeddings.shape[1])
         k = _check_k(k)
-        if self.faiss_index is None:
-            return exact_search(self.embeddings, queries, k)
-        wanted = min(max(self.rerank, 4 * k), len(self))
-        # faiss's __init__.pyi lacks SearchParametersHNSW, and its wrapper (which takes the fields
-        # as keywords and keeps the quantizer's parameters alive) is typed as taking none.
-        hnsw = faiss.SearchParametersHNSW(efSearch=max(HNSW_EF, 2 * self.nprobe))  # type: ignore[attr-defined]
-        params = faiss.SearchParametersIVF(nprobe=self.nprobe, quantizer_params=hnsw)  # type: ignore[call-arg]
+        ids = None if rows is None else _check_rows(rows, len(self))
+        # Exact over m rows reads m x 1-2 KB; a filtered ANN probes all cells once m < n / 64
+        # (nprobe = n / 64 cells, scaled by n / m) and reads n x 64 B of codes: more, up to n / 16.
+        if self.faiss_index is None or (ids is not None and len(ids) * 16 <= len(self)):
+            return exact_search(self.embeddings, queries, k, rows=ids)
+        # The selector reads ``bitmap`` while FAISS searches: it must outlive the call.
+        params, bitmap = _search_parameters(self.faiss_index, self.nprobe, ids)
+        wanted = min(max(self.rerank, 4 * k), len(self) if ids is None else len(ids))
         _, candidates = self.faiss_index.search(queries, wanted, params=params)
+        del bitmap
         results = []
         for query, found in zip(queries, candidates, strict=True):
             found = np.unique(found[found >= 0])
@@ -257,7 +269,7 @@ class AnnIndex:
             results.append(exact_search(self.embeddings, query, k, rows=found))
         return (
             np.concatenate([scores for scores, _ in results]),
-            np.concatenate([ids for _, ids in results]),
+            np.concatenate([found for _, found in results]),
         )
 
     def _prefetch(self, rows: np.ndarray) -> None:
@@ -280,6 +292,29 @@ class AnnIndex:
                 run_start = start
             run_end = end
         self.mapping.madvise(mmap.MADV_WILLNEED, run_start, run_end - run_start)
+
+
+def _search_parameters(
+    index: faiss.Index, nprobe: int, ids: np.ndarray | None
+) -> tuple[Any, np.ndarray | None]:
+    """FAISS search parameters, and the bitmap of the rows kept (``None``: all rows).
+
+    With a subset, ``nprobe`` grows by the inverse of the share of rows kept, so as many
+    candidates as without it come out of the cells probed.
+    """
+    selector = bitmap = None
+    if ids is not None:
+        nlist = faiss.extract_index_ivf(index).nlist
+        nprobe = min(nlist, math.ceil(nprobe * index.ntotal / len(ids)))
+        keep = np.zeros(index.ntotal, dtype=bool)
+        keep[ids] = True
+        bitmap = np.packbits(keep, bitorder="little")
+        selector = faiss.IDSelectorBitmap(index.ntotal, faiss.swig_ptr(bitmap))
+    # faiss's __init__.pyi lacks SearchParametersHNSW, and its wrapper (which takes the fields
+    # as keywords and keeps the quantizer's parameters alive) is typed as taking none.
+    hnsw = faiss.SearchParametersHNSW(efSearch=max(HNSW_EF, 2 * nprobe))  # type: ignore[attr-defined]
+    params = faiss.SearchParametersIVF(nprobe=nprobe, quantizer_params=hnsw, sel=selector)  # type: ignore[call-arg]
+    return params, bitmap
 
 
 def ivf_parameters(rows: int) -> tuple[int, int]:
