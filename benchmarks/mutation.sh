@@ -21,7 +21,7 @@
 #   MUTATION_RETEST=0 with MUTATION_RESUME: only finish the mutants without a verdict (an
 #                     interrupted run), do not test the survivors again
 #   MUTATION_SUMMARY_ONLY=1  with MUTATION_WORKDIR: only write the result files of that folder
-# Score = (killed + timeout) / (mutants - skipped); "no tests" mutants count as not killed.
+# Score = (killed + timeout) / (mutants - skipped - not checked); "no tests" count as not killed.
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 python="${PYTHON:-$repo/.venv/bin/python}"
@@ -166,7 +166,7 @@ details = []
 
 
 def score(counts):
-    tested = sum(counts.values()) - counts.get("skipped", 0)
+    tested = sum(counts.values()) - counts.get("skipped", 0) - counts.get("not checked", 0)
     killed = counts.get("killed", 0) + counts.get("timeout", 0)
     return round(100 * killed / tested, 1) if tested else None
 
@@ -239,7 +239,6 @@ main() {
     summarise "${modules[@]}"
 }
 
-# The whole file is read before it runs (main is called last), so editing it during a
-# run of several hours cannot change what that run does.
-main "$@"
-exit
+# One line: bash has read all of it before main starts, so editing this file during a run of
+# several hours cannot change what that run does next.
+main "$@"; exit

@@ -213,3 +213,36 @@ EXPECTED_MARKDOWN = """\
 def test_whole_markdown_report() -> None:
     # The published layout, written out: title, summary, then the two detail tables.
     assert markdown_report(REPORT) == EXPECTED_MARKDOWN
+
+
+def test_plot_selo_maps_panels_subsampling_and_polygons() -> None:
+    import numpy as np
+    from matplotlib import pyplot as plt
+
+    from dgtrs_geo.evaluation.report import plot_selo_maps
+
+    image = np.zeros((30, 50, 3), np.uint8)
+    image[:, 25:] = 200
+    maps = {"reference": np.linspace(0, 1, 1500).reshape(30, 50), "fast": np.full((30, 50), 0.5)}
+    triangle = np.array([[5.0, 5.0], [20.0, 5.0], [5.0, 25.0]])
+    figure = plot_selo_maps(image, maps, [triangle], "a red roof", max_side=20)
+    assert [ax.get_title() for ax in figure.axes] == ["image", "reference", "fast"]
+    assert figure._suptitle.get_text() == "a red roof"
+    assert tuple(figure.get_size_inches()) == (15.0, 5.0)
+    # ceil(50 / 20) = 3: every third pixel is drawn, over the image's full extent.
+    picture, overlay = figure.axes[1].images
+    assert picture.get_array().shape == (10, 17, 3) and overlay.get_array().shape == (10, 17)
+    np.testing.assert_array_equal(overlay.get_array(), maps["reference"][::3, ::3])
+    assert picture.get_extent() == [0, 50, 30, 0] and overlay.get_alpha() == 0.5
+    assert overlay.get_clim() == (0, 1) and overlay.get_cmap().name == "jet"
+    assert len(figure.axes[0].images) == 1  # the image alone
+    for ax in figure.axes:
+        (line,) = ax.get_lines()  # the polygon, closed on its first vertex
+        assert line.get_xdata().tolist() == [5.0, 20.0, 5.0, 5.0]
+        assert line.get_ydata().tolist() == [5.0, 5.0, 25.0, 5.0]
+        assert line.get_color() == "lime" and not ax.axison
+    untitled = plot_selo_maps(image, {}, [], max_side=1024)
+    assert len(untitled.axes) == 1 and untitled._suptitle is None
+    assert untitled.axes[0].images[0].get_array().shape == (30, 50, 3)
+    plt.close(figure)
+    plt.close(untitled)

@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -304,17 +305,22 @@ def test_signals_stop_cleanly(tmp_path: Path, tiny_checkpoint, signum, code, nam
          "--index-dir", str(index_dir), "-o", str(out)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
     )  # fmt: skip
+    # Signal on the first progress line of encoding: the index is then surely unfinished.
+    stderr_chunks: list[str] = []
+    reader = threading.Thread(target=lambda: stderr_chunks.extend(iter(lambda: process.stderr.read(1), "")))
+    reader.start()
     try:
-        # The index's lock file appears when encoding starts.
         deadline = time.monotonic() + 120
-        while not list(index_dir.glob("*.lock")) and process.poll() is None:
-            assert time.monotonic() < deadline, "encoding never started"
-            time.sleep(0.05)
-        time.sleep(0.5)
+        while "encoded " not in "".join(stderr_chunks):
+            assert process.poll() is None and time.monotonic() < deadline, "encoding never started"
+            time.sleep(0.02)
         process.send_signal(signum)
-        stdout, stderr = process.communicate(timeout=60)
+        stdout = process.stdout.read()
+        process.wait(timeout=60)
+        reader.join(timeout=60)
     finally:
         process.kill()
+    stderr = "".join(stderr_chunks)
     assert process.returncode == code, stderr
     last = stderr.replace("\r", "\n").strip().splitlines()[-1]
     assert last == f"dgtrs-geo localize: stopped by {name}; no partial output was left"
