@@ -12,6 +12,8 @@
 #   MUTATION_LABEL    name of the result files: benchmarks/results/mutation-<label>.{json,md}
 #                     (default: the date)
 #   MUTATION_WORKDIR  scratch folder (default: a new one under /tmp, removed at the end)
+#   MUTATION_FILES    file names inside the module to mutate (default: all of it), e.g.
+#                     "windows.py heatmap.py" for a run that fits an afternoon
 #   MUTATION_JOBS     mutants tested at once (default 1: the machine is shared)
 #   MUTATION_KEEP=1   keep the scratch folder (to `mutmut show NAME` or `mutmut browse` there)
 #   MUTATION_RESUME   scratch folder of an earlier run (kept with MUTATION_KEEP=1): keep its
@@ -67,13 +69,15 @@ write_config() {
     "$python" - "$repo/pyproject.toml" "$copy/pyproject.toml" "$module" "${deselect[$module]:-}" \
         $selected <<'PY'
 import json
+import os
 import re
 import sys
 import tomllib
 
 config_from, target, module, deselect, *tests = sys.argv[1:]
 settings = tomllib.load(open(config_from, "rb"))["tool"]["mutmut"]
-settings["only_mutate"] = [f"dgtrs_geo/{module}/*"]
+files = os.environ.get("MUTATION_FILES", "").split() or ["*"]
+settings["only_mutate"] = [f"dgtrs_geo/{module}/{name}" for name in files]
 settings["pytest_add_cli_args_test_selection"] = tests
 if deselect:
     deselect = " ".join(deselect.split())

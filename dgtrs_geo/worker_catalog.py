@@ -10,7 +10,10 @@ model loaded for ``localize`` serves the catalog too. Request params (see the wo
 - ``catalog_search`` ``{catalog, queries, model?, options?}``: ``options`` holds ``top``,
   ``bbox``, ``bbox_crs``, ``date``, ``min_distance``, ``out_dir`` and ``device``.
 - ``catalog_localize`` ``{catalog, scene, queries, model?, out_dir?, options?}``: ``options``
-  holds the scoring fields of ``LocalizationOptions`` (``threshold``, ``outputs``...).
+  holds the scoring fields of ``LocalizationOptions`` (``threshold``, ``outputs``...). Result:
+  ``catalog``, ``scene``, ``href``, ``model_id``, ``windows``, ``scales`` (the scene's window
+  sizes in pixels, as it was indexed) and ``results`` (each a ``LocalizationResult`` JSON with
+  its ``heatmap`` and ``polygons`` paths).
 """
 
 from __future__ import annotations
@@ -19,10 +22,9 @@ import tempfile
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from .errors import Cancelled, IndexMismatchError, InputError
+from .errors import Cancelled, InputError
 from .worker import BadRequest
 
 __all__ = ["CATALOG_OPS", "CatalogRequest", "parse_catalog_job", "run_catalog_job"]
@@ -280,35 +282,22 @@ def _localize(
     request: CatalogRequest, session: SessionFn, progress: ProgressFn, cancel: threading.Event
 ) -> dict[str, Any]:
     from .catalog import Catalog
-    from .catalog.heatmaps import _scene_index
-    from .catalog.indexing import scene_fingerprint
-    from .catalog.remote import local_raster
-    from .catalog.sources import Scene
+    from .catalog.heatmaps import localize_scene
 
     catalog = Catalog.open(request.catalog)
     record = _scene_record(catalog, request.scene)
     changes = dict(request.options)
     localizer = session(_catalog_model(request, catalog), changes.get("device", "auto"), progress)
     catalog.store.check(localizer.model.model_id)
-    scene = Scene(request.scene, record["href"])
-    if scene_fingerprint(scene) != record["fingerprint"]:
-        raise IndexMismatchError(
-            f"{scene.href} changed since it was indexed: its stored embeddings no longer "
-            f"describe it; run `dgtrs-geo catalog index` into {catalog.store.root} again"
-        )
     changes.setdefault("outputs", ("heatmap", "polygons"))
     changes.setdefault("out_dir", tempfile.mkdtemp(prefix="dgtrs-geo-catalog-scene-"))
     options = catalog.store.options.replace(
-        **{k: tuple(v) if isinstance(v, list) else v for k, v in changes.items()},
-        scales=tuple(record["scales_px"]),
-        scale_unit="px",
-        force=True,  # the windows are embedded already: a large plan costs nothing
+        **{k: tuple(v) if isinstance(v, list) else v for k, v in changes.items()}
     )
-    with local_raster(scene.href) as path:
-        stored = _scene_index(catalog.store, record, Path(path), localizer.model, options)
-        results = localizer.query(
-            path, request.queries, stored, options=options, progress=progress, cancel=cancel
-        )
+    # The scene's window sizes, its fingerprint check and the stored rows are localize_scene's.
+    results = localize_scene(
+        catalog.store, record, request.queries, localizer, options, progress=progress, cancel=cancel
+    )
     answers = []
     for result in results:
         answer = result.to_json()
@@ -317,9 +306,10 @@ def _localize(
     return {
         "catalog": str(catalog.store.root),
         "scene": request.scene,
-        "href": scene.href,
+        "href": str(record["href"]),
         "model_id": localizer.model.model_id,
         "index_warm": True,
         "windows": results[0].windows,
+        "scales": [int(size) for size in record["scales_px"]],
         "results": answers,
     }

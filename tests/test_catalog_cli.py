@@ -180,3 +180,28 @@ def test_two_shards_and_finalize_build_the_same_catalog(tmp_path: Path, scenes: 
     summary = finalize(root)
     assert summary.scenes == 6
     assert_same_catalog(root, reference)
+
+
+def test_prune_drops_a_scene_whose_file_was_deleted(tmp_path: Path, tiny_model) -> None:
+    folder = tmp_path / "tiles"
+    folder.mkdir()
+    for seed in range(3):
+        make_scene(folder / f"tile_{seed}.tif", seed)
+    root = tmp_path / "c.dgtrs-catalog"
+    Catalog.build([folder], tiny_model, root, scales=(32, 64), scale_unit="px", device="cpu")
+    (folder / "tile_1.tif").unlink()
+    # Indexing the folder again keeps the deleted scene: one run's sources are not the catalog.
+    assert len(Catalog.build([folder], tiny_model, root, device="cpu").index.scenes) == 3
+
+    listed = cli("catalog", "prune", str(root), "--dry-run")
+    assert listed.returncode == 0, listed.stderr
+    assert "would drop 1 scene(s)" in listed.stdout and str(folder / "tile_1.tif") in listed.stdout
+    assert len(Catalog.open(root).index.scenes) == 3
+
+    done = cli("catalog", "prune", str(root))
+    assert done.returncode == 0, done.stderr
+    assert "dropped 1 scene(s)" in done.stdout
+    index = Catalog.open(root).index
+    assert sorted(Path(h).name for h in index.scenes["href"]) == ["tile_0.tif", "tile_2.tif"]
+    parts = sorted(p.name.split("-")[0] for p in (root / "parts").glob("*.parquet"))
+    assert parts == ["tile_0", "tile_2"]

@@ -312,8 +312,6 @@ def test_a_box_outside_every_scene_warns_and_names_swapped_axes(index: SearchInd
 def test_large_catalogs_are_searched_through_faiss_as_exactly_as_a_scan(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import dgtrs_geo.catalog.search as search
-
     # Two scenes of 2,821 windows; ann.py builds IVF-PQ from 2,000 rows instead of 50,000.
     monkeypatch.setattr("dgtrs_geo.catalog.ann.EXACT_BELOW", 2000)
     store = new_store(tmp_path / "c.dgtrs-catalog")
@@ -330,8 +328,7 @@ def test_large_catalogs_are_searched_through_faiss_as_exactly_as_a_scan(
         exact = np.argsort(-everything[:, q], kind="stable")[:20]
         assert len(set(rows) & set(exact)) >= 19  # recall@20
         np.testing.assert_allclose(scores, everything[rows, q], atol=1e-6)  # true cosines
-    # A filter that leaves more rows than an exact scan is worth: the ANN, then the filter.
-    monkeypatch.setattr(search, "EXACT_ROWS", 100)
+    # A filter that leaves more rows than an exact scan is worth: the ANN with the filter.
     utm = index.scenes.iloc[1]
     lon0, lat0, lon1, lat1 = utm["bounds"]
     allowed = candidate_rows(index, bbox=(lon0, lat0, (lon0 + lon1) / 2, lat1))
@@ -340,3 +337,110 @@ def test_large_catalogs_are_searched_through_faiss_as_exactly_as_a_scan(
     assert set(rows) <= set(allowed)
     exact = allowed[np.argsort(-everything[allowed, 0], kind="stable")[:20]]
     assert len(set(rows) & set(exact)) >= 19
+
+
+def _clustered(rng: np.random.Generator, n: int, centres: int = 12) -> np.ndarray:
+    """Unit vectors in clusters of uneven spread, as window embeddings are."""
+    c = _unit(rng, centres)
+    k = rng.integers(centres, size=n)
+    spread = rng.uniform(0.2, 0.6, centres)
+    x = c[k] + spread[k, None] * rng.normal(size=(n, DIM)) / np.sqrt(DIM)
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_a_filtered_search_returns_the_exact_top_k_of_the_filtered_rows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dgtrs_geo.catalog import ann
+
+    # Three scenes of 2,821 windows; ann.py builds IVF-PQ from 2,000 rows instead of 50,000.
+    monkeypatch.setattr(ann, "EXACT_BELOW", 2000)
+    masked: list[int] = []
+    real = ann._search_parameters
+
+    def spy(index, nprobe, ids):
+        masked.append(len(ids))
+        return real(index, nprobe, ids)
+
+    monkeypatch.setattr(ann, "_search_parameters", spy)
+    rng = np.random.default_rng(5)
+    store = new_store(tmp_path / "c.dgtrs-catalog")
+    for seed, (name, crs, transform, date) in enumerate(SCENES[:3]):
+        part = make_part(name, crs, transform, date, seed, size=800)
+        part.embeddings = _clustered(rng, len(part.windows))
+        store.write_part(part)
+    assert finalize(store.root).ann == "ivfpq"
+    index = SearchIndex.load(store)
+    stored = np.asarray(index.embeddings, dtype=np.float64)  # the float16 values search reads
+    queries = _clustered(rng, 4)
+    lon0, lat0, lon1, lat1 = index.scenes.set_index("scene_id").loc["utm-0123456789ab", "bounds"]
+    glon0, glat0, glon1, glat1 = index.scenes.set_index("scene_id").loc[
+        "geo-0123456789ab", "bounds"
+    ]
+    filters = {
+        # Over 1/16 of the rows: FAISS searches them with the other rows masked out.
+        "bbox": ({"bbox": (lon0, lat0, (lon0 + lon1) / 2, lat1)}, True),
+        "date": ({"date": "2023-01-01/2023-12-31"}, True),
+        # Under 1/16: an exact scan of those rows.
+        "small bbox": (
+            {"bbox": (glon0, glat0, (9 * glon0 + glon1) / 10, (9 * glat0 + glat1) / 10)},
+            False,
+        ),
+    }
+    top = 20
+    for name, (arguments, through_faiss) in filters.items():
+        allowed = candidate_rows(index, **arguments)
+        assert 0 < len(allowed) < len(index), name
+        assert (len(allowed) * 16 > len(index)) == through_faiss, name
+        masked.clear()
+        for query in queries:
+            scores, rows = search_rows(index, query, top=top, rows=allowed, min_distance=0.0)
+            brute = stored[allowed] @ query.astype(np.float64)
+            best = np.lexsort((allowed, -brute))[:top]
+            assert set(rows) == set(allowed[best]), name
+            np.testing.assert_allclose(scores, brute[best], atol=1e-5, err_msg=name)
+        assert (masked == [len(allowed)] * len(queries)) if through_faiss else not masked, name
+
+
+def test_prune_drops_the_scenes_whose_file_is_gone_and_keeps_the_rest(tmp_path: Path) -> None:
+    from dgtrs_geo.catalog.prune import prune
+
+    store = new_store(tmp_path / "c.dgtrs-catalog")
+    files = {}
+    for seed, (name, crs, transform, date) in enumerate(SCENES[:3]):
+        part = make_part(name, crs, transform, date, seed)
+        files[name] = tmp_path / f"{name}.tif"
+        files[name].write_bytes(b"pixels")
+        part.scene = Scene(part.scene.scene_id, str(files[name]), part.scene.date, None)
+        store.write_part(part)
+    remote = make_part("far", *SCENES[3][1:], seed=7)
+    remote.scene = Scene("far-0123456789ab", "https://example.com/far.tif", None, None)
+    store.write_part(remote)
+    store.write_failure("bad-0123456789ab", str(tmp_path / "bad.tif"), "cannot read")
+    assert finalize(store.root).scenes == 4
+    files["merc"].unlink()
+
+    listed = prune(store.root, dry_run=True)
+    assert listed.dropped == [
+        ("bad-0123456789ab", str(tmp_path / "bad.tif")),
+        ("merc-0123456789ab", str(files["merc"])),
+    ]
+    assert listed.finalized is None and len(store.records()) == 5  # nothing dropped
+
+    summary = prune(store.root)
+    assert summary.dropped == listed.dropped
+    assert set(store.records()) == {"utm-0123456789ab", "geo-0123456789ab", "far-0123456789ab"}
+    assert not store.part_path("merc-0123456789ab").exists()
+    index = SearchIndex.load(store)  # the new current index, without the dropped scene
+    assert sorted(index.scenes["scene_id"]) == sorted(store.records())
+    assert summary.finalized is not None and summary.finalized.rows == len(index) == sum(
+        r["rows"] for r in store.records().values()
+    )
+
+    # Every local file missing looks like unmounted data: refused unless forced.
+    files["utm"].unlink()
+    files["geo"].unlink()
+    with pytest.raises(InputError, match="none of the 2 local scene files.*--force"):
+        prune(store.root)
+    assert len(store.records()) == 3
+    assert prune(store.root, force=True).finalized.scenes == 1  # the remote scene stays

@@ -351,14 +351,33 @@ def test_dock_cancel_stops_within_a_second(plugin, tmp_path, tiny_checkpoint, mo
     dock.device_combo.setCurrentText("cpu")
     dock.query.setPlainText("a bright square")
     dock.window_sizes.set_sizes("16")
+    # When the request returns on the task thread: the job's stop, apart from the GUI's news of it.
+    returned = []
+    request = WorkerClient.request
+
+    def timed_request(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        try:
+            return request(self, *args, **kwargs)
+        finally:
+            returned.append(time.monotonic())
+
+    monkeypatch.setattr(WorkerClient, "request", timed_request)
     statuses = []
     task = dock.run()
     task.progressed.connect(lambda fraction, message, stage: statuses.append(message))
     wait_until(lambda: any("encoded" in s for s in statuses) or dock.task is None)
     assert dock.task is not None, "the job finished before it could be cancelled"
+    clicked = time.monotonic()
     dock.cancel()
     seconds = wait_until(lambda: dock.task is None, timeout=10)
-    assert seconds < 1.0
+    # The job stops at the worker's next batch, or the worker is killed CANCEL_GRACE_S after
+    # the client saw the cancel (polled every 0.1 s): under a second by design, and 0.5 s of
+    # room for a loaded machine. The dock hears of it through the task manager's queued
+    # signal, which a loaded machine delays further. Either bound fails when the cancel does
+    # not reach the worker: the job then runs for seconds.
+    stopped = returned[-1] - clicked
+    assert stopped < client_module.CANCEL_GRACE_S + 0.5, f"the job stopped after {stopped:.2f} s"
+    assert seconds < 2.5, f"the dock heard of the cancel after {seconds:.2f} s"
     assert dock.status.text() == "Cancelled."
     assert not list((tmp_path / "results").glob("*/*.tif"))
     QgsProject.instance().removeMapLayer(big)
@@ -520,6 +539,12 @@ def test_zip_holds_one_plugin_folder_with_metadata_and_tools(plugin_zip: Path) -
     general = metadata["general"]
     assert general["qgisMinimumVersion"] == "3.22" and general["hasProcessingProvider"] == "yes"
     assert general["name"] == "DGTRS-Geo" and general["version"] == "0.1.0"
+    # Read as QGIS's plugin manager reads it (a '%' would break its interpolation): the
+    # changelog's first entry is this version's, with the catalog and the one-click set-up.
+    changelog = general["changelog"].strip().splitlines()
+    assert changelog[0].startswith(general["version"] + " ")
+    assert any("Catalog tab" in line for line in changelog)
+    assert any('"Set up backend"' in line for line in changelog)
     licence = zipfile.ZipFile(plugin_zip).read("dgtrs_geo_qgis/qgis_plugin_tools/LICENSE")
     assert b"GNU GENERAL PUBLIC LICENSE" in licence
 

@@ -13,14 +13,19 @@ from pathlib import Path
 import pytest
 import shapely
 from qgis.core import (
+    QgsApplication,
     QgsGraduatedSymbolRenderer,
+    QgsProcessingAlgRunnerTask,
+    QgsProcessingContext,
+    QgsProcessingFeedback,
     QgsProject,
     QgsRasterLayer,
     QgsVectorLayer,
 )
-from test_catalog_cli import make_scene
+from test_catalog_cli import assert_same_catalog, make_scene
 from test_qgis_plugin import wait_until
 
+from dgtrs_geo.catalog import Catalog
 from qgis_plugin import classFactory
 from qgis_plugin import settings as plugin_settings
 from qgis_plugin.backend import manager
@@ -63,9 +68,12 @@ def catalog(plugin, tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFact
     return root
 
 
-def engine_search(root: Path, query: str, top: int, tiny_model, **filters):
-    from dgtrs_geo.catalog import Catalog
+def scene_scales(root: Path, scene: str) -> list:
+    scenes = Catalog.open(root).index.scenes
+    return list(scenes[scenes["scene_id"] == scene].iloc[0]["scales_px"])
 
+
+def engine_search(root: Path, query: str, top: int, tiny_model, **filters):
     return Catalog.open(root).search(query, top=top, model=tiny_model, **filters)
 
 
@@ -166,6 +174,9 @@ def test_localize_here_maps_the_scene_from_its_stored_embeddings(panel, catalog)
     record = panel.dock.history[0]
     assert record.get("heatmap"), panel.dock.status.text()
     assert (record["scene"], record["query"]) == (row["scene"], "a harbour")
+    # The scene's window sizes, in pixels, name the group and the heatmap's metadata.
+    assert record["scales"] == [int(s) for s in scene_scales(catalog, row["scene"])]
+    assert record["model"] == Catalog.open(catalog).store.model_id
     scenes = [
         layer for layer in QgsProject.instance().mapLayers().values()
         if isinstance(layer, QgsRasterLayer) and layer.source() == row["href"]
@@ -173,6 +184,7 @@ def test_localize_here_maps_the_scene_from_its_stored_embeddings(panel, catalog)
     assert len(scenes) == 1
     scene = scenes[0]
     group = find_group(record["id"])
+    assert group.name().endswith(", 32/64 px)")
     heat = next(
         n.layer() for n in group.findLayers() if isinstance(n.layer(), QgsRasterLayer)
     )  # fmt: skip
@@ -199,3 +211,51 @@ def test_catalog_tab_refuses_a_missing_folder_and_an_empty_query(panel, tmp_path
     panel.set_catalog(str(tmp_path))
     panel.query.setPlainText("  ")
     assert panel.search() is None and "Type a query" in panel.dock.status.text()
+
+
+def test_cancelled_build_task_stops_keeps_whole_parts_and_resumes(
+    plugin, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    """Build catalog in a background task, as the toolbox runs it; Cancel; then run it again."""
+    import processing
+
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for seed in range(10):
+        make_scene(folder / f"tile_{seed}.tif", seed, size=256)
+    root = tmp_path / "c.dgtrs-catalog"
+    params = {"FOLDER": str(folder), "MODEL": str(tiny_checkpoint), "DEVICE": CPU,
+              "SCALES": "32, 64", "SCALE_UNIT": 1, "OUTPUT": str(root)}  # fmt: skip
+    algorithm = QgsApplication.processingRegistry().algorithmById("dgtrsgeo:buildcatalog")
+    context, feedback = QgsProcessingContext(), QgsProcessingFeedback()
+    task = QgsProcessingAlgRunnerTask(algorithm, params, context, feedback)
+    outcome: dict = {}
+    task.executed.connect(lambda ok, results: outcome.update(ok=ok, results=results))
+    QgsApplication.taskManager().addTask(task)
+    # Cancel once the first scene is written: encoding is under way, most scenes are to come.
+    wait_until(lambda: len(list((root / "parts").glob("*.parquet"))) > 0 or outcome, 300)
+    assert not outcome, "the build ended before it could be cancelled"
+    task.cancel()  # what the dialog's Cancel button does: the task's feedback is cancelled
+    stopped = wait_until(lambda: bool(outcome), 60)
+    assert outcome["ok"] is False
+    # The worker stops at its next batch, or is killed 0.8 s after the cancel; 5 s leaves room
+    # for a loaded machine, and the rest of the build (most scenes) would take longer.
+    assert stopped < 5.0, f"the build took {stopped:.1f} s to stop"
+    parts = {p.name: p.stat().st_mtime_ns for p in (root / "parts").glob("*.parquet")}
+    assert 0 < len(parts) < 10
+    print(f"Build catalog stopped {stopped:.2f} s after Cancel, {len(parts)} of 10 scenes kept")
+    leftovers = [p for p in (root / "parts").iterdir() if p.suffix != ".parquet"]
+    assert not leftovers and not list(root.glob(".*.tmp"))  # no half-written file anywhere
+
+    out = processing.run("dgtrsgeo:buildcatalog", params)
+    assert (out["SCENES"], out["FAILED"]) == (10, 0)
+    # The scenes finished before the cancel were kept, not encoded again.
+    assert {n: (root / "parts" / n).stat().st_mtime_ns for n in parts} == parts
+    index = Catalog.open(root).index
+    assert sorted(index.scenes["href"]) == sorted(str(p) for p in folder.glob("*.tif"))
+    assert index.scenes["scene_id"].is_unique and len(index.scenes) == 10
+    # Each scene exactly once: the same rows and embeddings as one uninterrupted build.
+    reference = tmp_path / "ref.dgtrs-catalog"
+    Catalog.build([str(folder)], str(tiny_checkpoint), reference, scales=(32, 64),
+                  scale_unit="px", device="cpu")  # fmt: skip
+    assert_same_catalog(root, reference)

@@ -5,15 +5,13 @@ On this machine the set-up must not download PyTorch: the dialog's *Base Python*
 interpreter with *Reuse the base Python's packages* ticked, so the real set-up steps run end to
 end (venv, link, ``pip install torch torchvision``, ``pip install <the zip's engine wheel>``)
 and pip finds PyTorch and every dependency already installed. Set ``DGTRS_GEO_DOCS_PICTURES``
-to a folder to keep the screenshots (docs/ for the documentation).
+to a folder to keep the screenshots in 256 colours (docs/ for the documentation).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import subprocess
 import sys
 import zipfile
 from pathlib import Path
@@ -22,24 +20,33 @@ import numpy as np
 import pytest
 import rasterio
 
+from benchmarks.qgis_catalog import install_plugin, run_driver, small_png
+
 pytestmark = [pytest.mark.qgis, pytest.mark.slow]
 
 DRIVER = Path(__file__).parent / "data" / "qgis" / "one_click.py"
 QUERIES = ["a lake surrounded by dense forest", "snow-covered mountain peaks"]
 
 
+def assert_heatmap_shown_only_where_high(samples: list) -> None:
+    """Rows of (relative match, canvas colour without the heatmap, with it): the imagery's own
+    colour under low values (the ramp's transparent half), another one under high values."""
+    table = np.array(samples, dtype=np.float64)
+    values, plain, shown = table[:, 0], table[:, 1], table[:, 2]
+    low, high = values < 0.45, values > 0.6
+    assert low.sum() > 20 and high.sum() > 20
+    assert (plain[low] == shown[low]).all()
+    assert (plain[high] != shown[high]).mean() > 0.95
+
+
 @pytest.fixture(scope="module")
 def desktop_run(tmp_path_factory, tiny_checkpoint):
     """Run the driver in QGIS; return its report, the profile and the screenshots folder."""
     from dgtrs_geo.localization.demo import sample_raster
-    from qgis_plugin.package import build
 
     tmp = tmp_path_factory.mktemp("desktop")
-    plugin_zip = build(tmp / "dist")
+    plugin_zip = install_plugin(tmp)
     profile = tmp / "profiles" / "default"
-    (profile / "QGIS").mkdir(parents=True)
-    zipfile.ZipFile(plugin_zip).extractall(profile / "python" / "plugins")
-    (profile / "QGIS" / "QGIS3.ini").write_text("[PythonPlugins]\ndgtrs_geo_qgis=true\n")
     shots = tmp / "shots"
     shots.mkdir()
     config = {
@@ -48,26 +55,16 @@ def desktop_run(tmp_path_factory, tiny_checkpoint):
         "checkpoint": str(tiny_checkpoint),
         "queries": QUERIES,
         "shots": str(shots),
-        "result": str(tmp / "result.json"),
     }
-    (tmp / "config.json").write_text(json.dumps(config))
-    script = tmp / "drive.py"
-    script.write_text(f"CONFIG = {str(tmp / 'config.json')!r}\n" + DRIVER.read_text())
-    env = dict(os.environ, DGTRS_GEO_CACHE=str(tmp / "cache"), PATH="/usr/bin:/bin")
-    for name in ("DGTRS_GEO_PYTHON", "QT_QPA_PLATFORM", "PYTHONPATH"):
-        env.pop(name, None)
-    run = subprocess.run(
-        ["xvfb-run", "-a", "-s", "-screen 0 1600x1000x24", "/usr/bin/qgis.bin",
-         "--profiles-path", str(tmp), "--nologo", "--noversioncheck", "--code", str(script)],
-        env=env, capture_output=True, text=True, timeout=1500, cwd=tmp,
-    )  # fmt: skip
-    assert Path(config["result"]).is_file(), run.stdout[-3000:] + run.stderr[-3000:]
-    report = json.loads(Path(config["result"]).read_text())
+    # No backend but the one the set-up makes: no DGTRS_GEO_PYTHON, no dgtrs-geo on PATH.
+    env = {"PATH": "/usr/bin:/bin", "DGTRS_GEO_PYTHON": None}
+    report = run_driver(tmp, DRIVER, config, env, "1600x1000")
     assert report.get("ok"), report.get("error")
     pictures = os.environ.get("DGTRS_GEO_DOCS_PICTURES")
     if pictures:
-        shutil.copyfile(shots / "qgis-setup.png", Path(pictures) / "qgis-setup.png")
-        shutil.copyfile(shots / "qgis-desktop.png", Path(pictures) / "qgis-dock.png")
+        # In 256 colours, as the catalog's pictures: a third of the bytes.
+        small_png(shots / "qgis-setup.png", Path(pictures) / "qgis-setup.png")
+        small_png(shots / "qgis-desktop.png", Path(pictures) / "qgis-dock.png")
     return report, profile, shots, plugin_zip
 
 
@@ -131,12 +128,7 @@ def test_queries_from_the_dock_succeed_and_the_second_is_warm(desktop_run) -> No
 def test_screenshot_shows_the_heatmap_only_where_scores_are_high(desktop_run) -> None:
     """Canvas pixels under low scores are the imagery's own; under high scores, coloured."""
     report, _, shots, _ = desktop_run
-    samples = np.array(report["samples"], dtype=np.float64)
-    values, plain, shown = samples[:, 0], samples[:, 1], samples[:, 2]
-    low, high = values < 0.45, values > 0.6
-    assert low.sum() > 20 and high.sum() > 20
-    assert (plain[low] == shown[low]).all()
-    assert (plain[high] != shown[high]).mean() > 0.95
+    assert_heatmap_shown_only_where_high(report["samples"])
     assert report["changed_with_polygons"]
     with rasterio.open(shots / "qgis-desktop.png") as picture:
         assert picture.width >= 1400 and picture.height >= 900

@@ -124,6 +124,7 @@ def test_localize_a_scene_from_stored_embeddings_matches_localize(
     (fresh,) = localize(record["href"], "a harbour", tiny_model,
                         scales=tuple(record["scales_px"]), index_dir=tmp_path / "fresh")  # fmt: skip
     assert result["windows"] == fresh.windows
+    assert result["scales"] == [int(size) for size in record["scales_px"]] == [32, 64]
     with rasterio.open(answer["heatmap"]) as src:
         assert src.transform == fresh.transform and src.crs == fresh.crs
         np.testing.assert_allclose(src.read(1), fresh.heatmap, atol=1e-5, equal_nan=True)

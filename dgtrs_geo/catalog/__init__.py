@@ -10,8 +10,7 @@ Names are imported on first use, so the command line can declare its flags witho
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from .._lazy import lazy_exports
 
 #: Public name -> the submodule that defines it.
 _EXPORTS = {
@@ -19,10 +18,12 @@ _EXPORTS = {
     "Catalog": "api",
     "CatalogStore": "store",
     "FinalizeSummary": "finalize",
+    "PruneSummary": "prune",
     "Scene": "sources",
     "SceneFailure": "sources",
     "catalog_options": "options",
     "finalize": "finalize",
+    "prune": "prune",
     "resolve_shard": "distributed",
     "resolve_sources": "sources",
 }
@@ -30,13 +31,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -1,4 +1,4 @@
-"""The catalog door for Python: :class:`Catalog` (build, finalize, open, search)."""
+"""The catalog door for Python: :class:`Catalog` (build, finalize, prune, open, search)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from ..localization.options import LocalizationOptions
 from ..localization.session import resolve_model
 from .build import BuildSummary, build_catalog
 from .finalize import FinalizeSummary, finalize
+from .prune import PruneSummary, prune
 from .search import RESULT_COLUMNS, SearchIndex, candidate_rows, hits_frame, search_rows
 from .store import CatalogStore
 
@@ -127,6 +128,13 @@ class Catalog:
         """Consolidate every verified part for search (after the shards of an array job)."""
         self._index = None
         return finalize(self.store.root, progress=progress)
+
+    def prune(
+        self, *, dry_run: bool = False, force: bool = False, progress: ProgressFn | None = None
+    ) -> PruneSummary:
+        """Drop the scenes whose local file no longer exists, then finalize (see ``prune.py``)."""
+        self._index = None
+        return prune(self.store.root, dry_run=dry_run, force=force, progress=progress)
 
     @property
     def index(self) -> SearchIndex:

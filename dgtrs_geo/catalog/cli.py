@@ -1,4 +1,4 @@
-"""``dgtrs-geo catalog index | finalize | search``: the catalog's sub-commands.
+"""``dgtrs-geo catalog index | finalize | prune | search``: the catalog's sub-commands.
 
 The main command registers them with :func:`add_catalog_command`. Flags of the window options
 are declared from :class:`~dgtrs_geo.localization.options.LocalizationOptions` (one declaration;
@@ -154,6 +154,31 @@ def _run_finalize(args: argparse.Namespace) -> int:
     return 0 if not (summary.corrupt or summary.failed) else 1
 
 
+def _add_prune(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "prune",
+        help="drop the scenes whose local file no longer exists, then finalize",
+        description="Drop the scenes of a catalog whose local file is gone (deleted or moved), "
+        "then rebuild its search index. Scenes over http(s) are kept.",
+    )
+    p.add_argument("catalog", help="the catalog folder")
+    p.add_argument("--dry-run", action="store_true", help="only list what would be dropped")
+    p.add_argument("--force", action="store_true",
+                   help="drop them even when every local scene's file is missing")  # fmt: skip
+
+
+def _run_prune(args: argparse.Namespace) -> int:
+    from .prune import prune
+
+    close, update = _progress()
+    try:
+        summary = prune(args.catalog, dry_run=args.dry_run, force=args.force, progress=update)
+    finally:
+        close()
+    print(summary.report())
+    return 0
+
+
 def _add_search(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("search", help="find places across a catalog that match text")
     p.add_argument("catalog", help="the catalog folder")
@@ -229,6 +254,7 @@ def _run_search(args: argparse.Namespace) -> int:
 _SUBCOMMANDS: dict[str, tuple[Callable, Callable]] = {
     "index": (_add_index, _run_index),
     "finalize": (_add_finalize, _run_finalize),
+    "prune": (_add_prune, _run_prune),
     "search": (_add_search, _run_search),
 }
 
@@ -264,7 +290,8 @@ def add_catalog_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "catalog",
         help="index whole imagery collections and search them in words",
-        description="Catalogs of many scenes: index, finalize (after array jobs), search. "
+        description="Catalogs of many scenes: index, finalize (after array jobs), prune "
+        "(scenes whose file is gone), search. "
         "See docs/catalog.md.",
     )
     commands = p.add_subparsers(dest="catalog_command", required=True, metavar="COMMAND")

@@ -95,7 +95,9 @@ def _part_arrays(
     store: CatalogStore, record: dict, dim: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     columns = ["embedding", "col_off", "row_off", "width", "height", "bbox"]
-    table = pq.read_table(store.part_path(record["scene_id"]), columns=columns)
+    # ParquetFile.read, not read_table (the datasets API): a third of the time on small parts.
+    with pq.ParquetFile(store.part_path(record["scene_id"])) as file:
+        table = file.read(columns=columns, use_threads=False)
     n = table.num_rows
     embedding = table["embedding"].combine_chunks()
     if n != record["rows"] or (n and embedding.type.list_size != dim):

@@ -7,6 +7,8 @@ shape in longitude and latitude (edges of a UTM square are not straight lines in
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 import shapely
 from affine import Affine
@@ -54,6 +56,16 @@ def _ring(windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return cols, rows
 
 
+@lru_cache(maxsize=64)
+def _to_4326(crs_wkt: str) -> Transformer:
+    """Return the transformer of a scene CRS to EPSG:4326.
+
+    Building one costs milliseconds, more than transforming a scene's windows, and the scenes of
+    a catalog share a few CRSs.
+    """
+    return Transformer.from_crs(crs_wkt, "EPSG:4326", always_xy=True)
+
+
 def window_polygons_4326(
     windows: np.ndarray, transform: Affine, crs: CRS
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -71,8 +83,7 @@ def window_polygons_4326(
     """
     cols, rows = _ring(windows)
     xs, ys = _apply(transform, cols, rows)
-    transformer = Transformer.from_crs(crs.to_wkt(), "EPSG:4326", always_xy=True)
-    lon, lat = transformer.transform(xs.ravel(), ys.ravel())
+    lon, lat = _to_4326(crs.to_wkt()).transform(xs.ravel(), ys.ravel())
     lon = np.asarray(lon).reshape(xs.shape)
     lat = np.asarray(lat).reshape(ys.shape)
     polygons = shapely.polygons(np.stack([lon, lat], axis=-1))

@@ -13,12 +13,14 @@ import threading
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
-from rasterio.errors import RasterioError
+from rasterio.errors import RasterioError, RasterioIOError
 
 from ..errors import Cancelled, DgtrsGeoError, InputError
 from ..localization.encode import encode_windows
+from ..localization.fingerprint import raster_fingerprint
 from ..localization.options import MIN_WINDOW_PX, LocalizationOptions, model_patch_size
 from ..localization.raster import RasterSource, ground_sample_distance
 from ..localization.windows import plan_windows, scales_to_pixels
@@ -95,10 +97,13 @@ def scene_fingerprint(scene: Scene) -> str:
     """Return the scene's fingerprint: content hash of local files, HTTP validators of URLs."""
     if is_remote(scene.href):
         return remote_fingerprint(scene.href)
-    with warnings.catch_warnings():
-        # A scene without georeferencing is refused when it is read, with the reason.
-        warnings.simplefilter("ignore", UserWarning)
-        return RasterSource(scene.href, stretch="none").fingerprint()
+    # What RasterSource(href).fingerprint() gives, with one GDAL open instead of two.
+    if not Path(scene.href).exists():
+        raise FileNotFoundError(f"raster not found: {scene.href}")
+    try:
+        return raster_fingerprint(scene.href)
+    except RasterioIOError as error:
+        raise ValueError(f"cannot read raster {scene.href}: {error}") from error
 
 
 def scene_scales(

@@ -2,13 +2,13 @@
 
 A search embeds the texts (one forward), narrows the rows by date, bounding box and area of
 interest (scene bounds first, then window bounds), and asks the nearest-neighbour index of
-``ann.py`` for the best rows: the ANN index when the catalog has one, an exact matrix product over
-the memory-mapped embeddings otherwise or when filters leave few rows. Windows of one place (the
-two offset grids, nested scales, several dates of the same ground) are then collapsed to the best
-one: a window is dropped when its centre lies closer to a better window's centre than
-``min_distance`` metres, by default :data:`SAME_PLACE` of the larger window's side. Offset and
-nested windows lie at most 0.71 of a side apart; neighbours on one grid lie a full side apart and
-stay, as distinct places.
+``ann.py`` for the best of the rows left (``AnnIndex.search(rows=...)``): FAISS with the other
+rows masked out, or an exact matrix product over the memory-mapped embeddings when the catalog
+is small or the filters leave few rows. Windows of one place (the two offset grids, nested
+scales, several dates of the same ground) are then collapsed to the best one: a window is dropped
+when its centre lies closer to a better window's centre than ``min_distance`` metres, by default
+:data:`SAME_PLACE` of the larger window's side. Offset and nested windows lie at most 0.71 of a
+side apart; neighbours on one grid lie a full side apart and stay, as distinct places.
 """
 
 from __future__ import annotations
@@ -44,9 +44,6 @@ __all__ = ["SearchIndex", "candidate_rows", "parse_interval", "search_rows", "wr
 #: Two windows whose centres are closer than this share of the larger one's side are one place.
 SAME_PLACE = 0.75
 
-#: Filtered searches over at most this many rows are exact even when an ANN index exists.
-EXACT_ROWS = 1_000_000
-
 #: Columns of a search result, in order (geometry last).
 RESULT_COLUMNS = (
     "query",
@@ -72,7 +69,7 @@ class SearchIndex:
         folder: the ``index-*`` folder.
         manifest: its ``manifest.json``.
         scenes: one row per scene (its record and ``row_start``, ``row_stop``).
-        embeddings: float32 ``[N, D]``, memory-mapped.
+        embeddings: float16 ``[N, D]`` (as ``finalize`` writes them), memory-mapped.
         windows: int32 ``[N, 4]``, memory-mapped.
         bounds: float64 ``[N, 4]`` EPSG:4326 bounds, memory-mapped.
 
@@ -301,17 +298,12 @@ def _nearest(
     from .ann import exact_search
 
     ann = index.ann
-    if ann is not None and (rows is None or len(rows) > EXACT_ROWS):
-        if rows is None:
-            scores, ids = ann.search(query, k)
-            return scores[0], ids[0]
-        # Filter after the ANN, asking for as many more as the filter is likely to drop.
-        wanted = min(len(index), k * math.ceil(2 * len(index) / len(rows)))
-        scores, ids = ann.search(query, wanted)
-        inside = np.isin(ids[0], rows)
-        if inside.sum() >= k:
-            return scores[0][inside][:k], ids[0][inside][:k]
-    scores, ids = exact_search(index.embeddings, query, k, rows=rows)
+    if ann is not None:
+        # The ANN takes the filter itself: a few rows are scanned exactly, many are searched
+        # with the others masked out (never an over-fetch that the filter then thins).
+        scores, ids = ann.search(query, k, rows=rows)
+    else:
+        scores, ids = exact_search(index.embeddings, query, k, rows=rows)
     return scores[0], ids[0]
 
 

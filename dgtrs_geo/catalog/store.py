@@ -11,9 +11,10 @@ Layout (format ``dgtrs-geo-catalog``, version 1)::
         CURRENT                   name of the consolidated search index (see ``finalize.py``)
         index-<stamp>/            that index: embeddings, windows and bounds of every part, ANN
 
-A part is written to a temporary file, synced and renamed; its record is written the same way
-after it. The record is the commit: a part without a record (a run killed in between), or whose
-checksum differs from its record's (a damaged file), is indexed again and never searched.
+A part is written to a temporary file and renamed; its record is written the same way after it.
+The record is the commit: a part without a record (a run killed in between), or whose checksum
+differs from its record's (a damaged file), is indexed again and never searched. Neither is
+synced to disk: the checksum catches what a power cut could leave half written.
 Temporary files are named ``.NAME~HOST~PID.tmp``, so a cleanup removes only those of dead
 processes. Parallel writers (DDP ranks, array-job shards) each write their own scenes' files; no
 file is shared but ``catalog.json``, which is created once and only read afterwards.
@@ -53,6 +54,7 @@ import shutil
 import socket
 import time
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -81,6 +83,9 @@ __all__ = [
 
 FORMAT = "dgtrs-geo-catalog"
 VERSION = 1
+
+#: Part columns worth dictionary encoding: one value repeated on every row of a part.
+_DICTIONARY_COLUMNS = ["scene_id", "href", "item_id", "scene_crs"]
 
 #: Temporary files of processes on other hosts are removed after this long.
 STALE_TEMP_S = 24 * 3600
@@ -127,14 +132,25 @@ def temp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}~{socket.gethostname()}~{os.getpid()}.tmp")
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a synced temporary file and a rename."""
+def write_atomic(path: Path, data: bytes, *, sync: bool = True) -> None:
+    """Write ``data`` to ``path`` through a temporary file and a rename.
+
+    Args:
+        path: the file.
+        data: its content.
+        sync: flush the temporary file to disk before the rename. Parts and records skip it: a
+            killed process loses nothing the kernel already holds, and what a power cut could
+            damage (a part or record renamed before its blocks reached the disk) fails its
+            checksum, or reads as no record, and is indexed again.
+
+    """
     tmp = temp_name(path)
     try:
         with tmp.open("wb") as file:
             file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
+            if sync:
+                file.flush()
+                os.fsync(file.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -144,6 +160,11 @@ def write_atomic(path: Path, data: bytes) -> None:
 def _crs_name(crs: CRS) -> str:
     epsg = crs.to_epsg()
     return f"EPSG:{epsg}" if epsg else crs.to_wkt()
+
+
+@lru_cache(maxsize=1)
+def _wgs84_projjson() -> str:
+    return json.dumps(ProjCRS.from_epsg(4326).to_json_dict())
 
 
 def _geo_metadata(bounds: np.ndarray) -> dict:
@@ -157,7 +178,7 @@ def _geo_metadata(bounds: np.ndarray) -> dict:
     column = {
         "encoding": "WKB",
         "geometry_types": ["Polygon"],
-        "crs": ProjCRS.from_epsg(4326).to_json_dict(),
+        "crs": json.loads(_wgs84_projjson()),
         "covering": covering,
     }
     if box:
@@ -338,10 +359,11 @@ class CatalogStore:
         """Write a scene's part, then its record; return the record."""
         table, bounds = part_table(part)
         sink = io.BytesIO()
-        pq.write_table(table, sink, compression="zstd")
+        # Dictionaries only for the repeated strings: on floats they cost time and bytes.
+        pq.write_table(table, sink, compression="zstd", use_dictionary=_DICTIONARY_COLUMNS)
         data = sink.getvalue()
         path = self.part_path(part.scene.scene_id)
-        write_atomic(path, data)
+        write_atomic(path, data, sync=False)
         scene = part.scene
         record = {
             "scene_id": scene.scene_id,
@@ -363,7 +385,8 @@ class CatalogStore:
             "bounds": _union(bounds),
             "indexed": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         }
-        write_atomic(self.record_path(scene.scene_id), json.dumps(record, indent=1).encode())
+        record_bytes = json.dumps(record, indent=1).encode()
+        write_atomic(self.record_path(scene.scene_id), record_bytes, sync=False)
         return record
 
     def write_failure(self, scene_id: str, href: str, error: str) -> dict:
@@ -378,6 +401,11 @@ class CatalogStore:
         write_atomic(self.record_path(scene_id), json.dumps(record, indent=1).encode())
         self.part_path(scene_id).unlink(missing_ok=True)
         return record
+
+    def drop(self, scene_id: str) -> None:
+        """Remove a scene from the catalog: its part, then its record (the commit)."""
+        self.part_path(scene_id).unlink(missing_ok=True)
+        self.record_path(scene_id).unlink(missing_ok=True)
 
     def verify(self, record: dict, *, full: bool = True) -> str | None:
         """Return why a scene's part cannot be trusted, or ``None`` if it can.

@@ -1,4 +1,4 @@
-"""Shared pieces of the image-text datamodules: CLIP augmentation and collation."""
+"""Shared pieces of the image-text datamodules: CLIP augmentation, collation, base classes."""
 
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -6,6 +6,7 @@ from typing import Any
 import kornia.augmentation as K
 import torch
 from torch import Tensor
+from torch.utils.data import Dataset
 from torchgeo.datamodules import NonGeoDataModule
 from torchgeo.datasets import NonGeoDataset
 
@@ -110,8 +111,59 @@ class ImageTextDataModule(NonGeoDataModule):
         Args:
             stage: Either 'fit', 'validate', 'test', or 'predict'.
         """
-        super().setup(stage)
+        if stage == "fit":
+            self.train_dataset = self._dataset("train")
+        if stage in ("fit", "validate"):
+            self.val_dataset = self._dataset("val")
+        if stage == "test":
+            self.test_dataset = self._dataset("test")
         if stage == "predict":
-            self.predict_dataset = self.dataset_class(  # type: ignore[call-arg]
-                split="test", **self.kwargs
-            )
+            self.predict_dataset = self._dataset("test")
+
+    def _dataset(self, split: str) -> Dataset[dict[str, Tensor]]:
+        """Build the dataset of *split*; the one method subclasses override to change it."""
+        return self.dataset_class(split=split, **self.kwargs)  # type: ignore[call-arg]
+
+
+class SyntheticDataModule(ImageTextDataModule):
+    """Base for datasets drawn on the fly, built with ``split=`` and ``length=``.
+
+    Each split draws its own samples, so validation and test samples are never
+    seen in training; predict runs on the test split.
+    """
+
+    def __init__(
+        self,
+        dataset_class: type[NonGeoDataset],
+        batch_size: int = 32,
+        num_workers: int = 0,
+        image_size: int = 224,
+        mean: Sequence[float] = CLIP_MEAN,
+        std: Sequence[float] = CLIP_STD,
+        *,
+        train_length: int,
+        val_length: int,
+        test_length: int,
+        **kwargs: Any,
+    ) -> None:
+        """Initialize a new SyntheticDataModule instance.
+
+        Args:
+            dataset_class: Dataset class, built with ``split=``, ``length=`` and ``**kwargs``.
+            batch_size: Size of each mini-batch.
+            num_workers: Number of workers for parallel data loading.
+            image_size: The model's input size; samples are resized to it.
+            mean: Normalisation mean (``model.mean``).
+            std: Normalisation standard deviation (``model.std``).
+            train_length: Number of training samples.
+            val_length: Number of validation samples.
+            test_length: Number of test (and predict) samples.
+            **kwargs: Additional keyword arguments passed to ``dataset_class``.
+        """
+        super().__init__(dataset_class, batch_size, num_workers, image_size, mean, std, **kwargs)
+        self.lengths = {"train": train_length, "val": val_length, "test": test_length}
+
+    def _dataset(self, split: str) -> Dataset[dict[str, Tensor]]:
+        return self.dataset_class(  # type: ignore[call-arg]
+            split=split, length=self.lengths[split], **self.kwargs
+        )

@@ -62,17 +62,5 @@ class CaptionDataModule(ImageTextDataModule):
         self.name = key
         self.val_split = val_split
 
-    def setup(self, stage: str) -> None:
-        """Set up the datasets of a stage.
-
-        Args:
-            stage: Either 'fit', 'validate', 'test', or 'predict'.
-        """
-        if stage == "fit":
-            self.train_dataset = self.dataset_class(split="train", **self.kwargs)
-        if stage in ("fit", "validate"):
-            self.val_dataset = self.dataset_class(split=self.val_split, **self.kwargs)
-        if stage == "test":
-            self.test_dataset = self.dataset_class(split="test", **self.kwargs)
-        if stage == "predict":
-            self.predict_dataset = self.dataset_class(split="test", **self.kwargs)
+    def _dataset(self, split: str) -> RSCaptionDataset:
+        return self.dataset_class(split=self.val_split if split == "val" else split, **self.kwargs)

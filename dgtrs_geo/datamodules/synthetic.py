@@ -4,10 +4,10 @@ from collections.abc import Sequence
 
 from ..datasets.synthetic import SyntheticScenes
 from ..tokens import CLIP_CONTEXT_LENGTH, DGTRS_CONTEXT_LENGTH
-from .base import CLIP_MEAN, CLIP_STD, ImageTextDataModule
+from .base import CLIP_MEAN, CLIP_STD, SyntheticDataModule
 
 
-class SyntheticScenesDataModule(ImageTextDataModule):
+class SyntheticScenesDataModule(SyntheticDataModule):
     """LightningDataModule for :class:`~dgtrs_geo.datasets.SyntheticScenes`.
 
     Each split draws its own scenes, so validation and test scenes are never
@@ -55,29 +55,12 @@ class SyntheticScenesDataModule(ImageTextDataModule):
             image_size,
             mean,
             std,
+            train_length=train_length,
+            val_length=val_length,
+            test_length=test_length,
             scene_size=scene_size,
             num_objects=num_objects,
             late_token=late_token,
             max_tokens=max_tokens,
             seed=seed,
         )
-        self.lengths = {"train": train_length, "val": val_length, "test": test_length}
-
-    def setup(self, stage: str) -> None:
-        """Set up the scenes of a stage.
-
-        Args:
-            stage: Either 'fit', 'validate', 'test', or 'predict'.
-        """
-
-        def make(split: str) -> SyntheticScenes:
-            return SyntheticScenes(split=split, length=self.lengths[split], **self.kwargs)
-
-        if stage == "fit":
-            self.train_dataset = make("train")
-        if stage in ("fit", "validate"):
-            self.val_dataset = make("val")
-        if stage == "test":
-            self.test_dataset = make("test")
-        if stage == "predict":
-            self.predict_dataset = make("test")

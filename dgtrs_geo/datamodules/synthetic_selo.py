@@ -3,10 +3,10 @@
 from collections.abc import Sequence
 
 from ..datasets.synthetic_selo import SyntheticSeLoWindows
-from .base import CLIP_MEAN, CLIP_STD, ImageTextDataModule
+from .base import CLIP_MEAN, CLIP_STD, SyntheticDataModule
 
 
-class SyntheticSeLoDataModule(ImageTextDataModule):
+class SyntheticSeLoDataModule(SyntheticDataModule):
     """LightningDataModule for :class:`~dgtrs_geo.datasets.synthetic_selo.SyntheticSeLoWindows`.
 
     Each split cuts its windows from its own scenes, so validation and test scenes are never
@@ -61,6 +61,9 @@ class SyntheticSeLoDataModule(ImageTextDataModule):
             image_size,
             mean,
             std,
+            train_length=train_length,
+            val_length=val_length,
+            test_length=test_length,
             scene_size=scene_size,
             scales=tuple(scales),
             chip_size=chip_size,
@@ -71,23 +74,3 @@ class SyntheticSeLoDataModule(ImageTextDataModule):
             max_tokens=max_tokens,
             seed=seed,
         )
-        self.lengths = {"train": train_length, "val": val_length, "test": test_length}
-
-    def setup(self, stage: str) -> None:
-        """Set up the chips of a stage.
-
-        Args:
-            stage: Either 'fit', 'validate', 'test', or 'predict'.
-        """
-
-        def make(split: str) -> SyntheticSeLoWindows:
-            return SyntheticSeLoWindows(split=split, length=self.lengths[split], **self.kwargs)
-
-        if stage == "fit":
-            self.train_dataset = make("train")
-        if stage in ("fit", "validate"):
-            self.val_dataset = make("val")
-        if stage == "test":
-            self.test_dataset = make("test")
-        if stage == "predict":
-            self.predict_dataset = make("test")

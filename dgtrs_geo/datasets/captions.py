@@ -11,16 +11,15 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
-from matplotlib.figure import Figure
 from torch import Tensor
 from torchgeo.datasets import DatasetNotFoundError, NonGeoDataset
 from torchgeo.datasets.utils import Path, check_integrity, download_url, extract_archive
 
 from ..errors import InputError
-from .utils import ManifestError, is_readable_image, load_image, plot_caption_sample
+from .utils import CaptionPlotMixin, ManifestError, is_readable_image, load_image
 
 
-class RSCaptionDataset(NonGeoDataset):
+class RSCaptionDataset(CaptionPlotMixin, NonGeoDataset):
     """Base class of the five-captions-per-image retrieval datasets.
 
     Sample keys: ``image`` (float [3, H, W], 0..255), ``captions`` (list of str),
@@ -44,6 +43,8 @@ class RSCaptionDataset(NonGeoDataset):
     md5: ClassVar[str | None] = None
     #: Where to get the data by hand.
     source: ClassVar[str]
+    # The five captions already include caption_short and make up caption_long
+    plot_keys: ClassVar[tuple[str, ...]] = ("captions",)
 
     def __init__(
         self,
@@ -194,21 +195,6 @@ class RSCaptionDataset(NonGeoDataset):
         if self.transforms is not None:
             sample = self.transforms(sample)
         return sample
-
-    def plot(
-        self, sample: dict[str, Any], show_titles: bool = True, suptitle: str | None = None
-    ) -> Figure:
-        """Plot a sample with its wrapped captions (and ``prediction`` if present).
-
-        Args:
-            sample: A sample returned by :meth:`__getitem__`.
-            show_titles: Whether to show the captions.
-            suptitle: Optional figure title.
-
-        Returns:
-            A matplotlib Figure with the rendered sample.
-        """
-        return plot_caption_sample(sample, show_titles, suptitle, keys=("captions",))
 
 
 class RSITMD(RSCaptionDataset):

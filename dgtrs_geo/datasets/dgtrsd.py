@@ -13,18 +13,17 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from matplotlib.figure import Figure
 from torchgeo.datasets import DatasetNotFoundError, NonGeoDataset
 from torchgeo.datasets.utils import Path
 
 from ..errors import InputError
 from .utils import (
+    CaptionPlotMixin,
     CorruptImageError,
     ManifestError,
     first_sentence,
     is_readable_image,
     load_image,
-    plot_caption_sample,
 )
 
 SPLITS = ("train", "val", "test")
@@ -148,7 +147,7 @@ def read_manifest(path: Path) -> list[CaptionRecord]:
     return records
 
 
-class DGTRSD(NonGeoDataset):
+class DGTRSD(CaptionPlotMixin, NonGeoDataset):
     """DGTRSD: remote-sensing images with a short caption and a long description.
 
     Reads a manifest in the project's format (docs/datasets.md): JSONL with one
@@ -271,18 +270,3 @@ class DGTRSD(NonGeoDataset):
         if self.transforms is not None:
             sample = self.transforms(sample)
         return sample
-
-    def plot(
-        self, sample: dict[str, Any], show_titles: bool = True, suptitle: str | None = None
-    ) -> Figure:
-        """Plot a sample with its wrapped captions (and ``prediction`` if present).
-
-        Args:
-            sample: A sample returned by :meth:`__getitem__`.
-            show_titles: Whether to show the captions.
-            suptitle: Optional figure title.
-
-        Returns:
-            A matplotlib Figure with the rendered sample.
-        """
-        return plot_caption_sample(sample, show_titles, suptitle)

@@ -14,13 +14,12 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from matplotlib.figure import Figure
 from PIL import Image, ImageDraw
 from torchgeo.datasets import NonGeoDataset
 
 from ..errors import InputError
 from ..tokens import CLIP_CONTEXT_LENGTH, DGTRS_CONTEXT_LENGTH, clip_tokenizer, count_tokens
-from .utils import plot_caption_sample
+from .utils import CaptionPlotMixin
 
 #: Background name -> mean RGB colour.
 BACKGROUNDS: dict[str, tuple[int, int, int]] = {
@@ -270,7 +269,7 @@ def draw_scene(
     )
 
 
-class SyntheticScenes(NonGeoDataset):
+class SyntheticScenes(CaptionPlotMixin, NonGeoDataset):
     """Procedurally drawn scenes with a short caption and a long description.
 
     Each scene is a textured background (grass, sand, water, concrete) with 2 to 4
@@ -383,21 +382,6 @@ class SyntheticScenes(NonGeoDataset):
         if self.transforms is not None:
             sample = self.transforms(sample)
         return sample
-
-    def plot(
-        self, sample: dict[str, Any], show_titles: bool = True, suptitle: str | None = None
-    ) -> Figure:
-        """Plot a sample with its wrapped captions (and ``prediction`` if present).
-
-        Args:
-            sample: A sample returned by :meth:`__getitem__`.
-            show_titles: Whether to show the captions.
-            suptitle: Optional figure title.
-
-        Returns:
-            A matplotlib Figure with the rendered sample.
-        """
-        return plot_caption_sample(sample, show_titles, suptitle)
 
 
 @dataclass(frozen=True)

@@ -30,13 +30,12 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from matplotlib.figure import Figure
 from matplotlib.path import Path as PolygonPath
 from PIL import Image, ImageDraw
 from torchgeo.datasets import NonGeoDataset
 
 from .synthetic import BACKGROUNDS, COLOURS, SHAPES, SceneObject, count_tokens
-from .utils import plot_caption_sample
+from .utils import CaptionPlotMixin
 
 #: Count words of a group of identical objects.
 COUNT_WORDS = {1: "a", 2: "two", 3: "three"}
@@ -531,7 +530,7 @@ def _cached_scene(seed: tuple[int, ...], width: int, options: tuple) -> SeLoScen
     return make_scene(seed, width, width, *options)
 
 
-class SyntheticSeLoWindows(NonGeoDataset):
+class SyntheticSeLoWindows(CaptionPlotMixin, NonGeoDataset):
     """Chips that look like the windows localization cuts from large synthetic scenes.
 
     Each chip is a square window of one of ``scales`` (pixels of a ``scene_size`` scene made by
@@ -651,18 +650,3 @@ class SyntheticSeLoWindows(NonGeoDataset):
         if self.transforms is not None:
             sample = self.transforms(sample)
         return sample
-
-    def plot(
-        self, sample: dict[str, Any], show_titles: bool = True, suptitle: str | None = None
-    ) -> Figure:
-        """Plot a sample with its wrapped captions.
-
-        Args:
-            sample: a sample returned by :meth:`__getitem__`.
-            show_titles: whether to show the captions.
-            suptitle: optional figure title.
-
-        Returns:
-            A matplotlib Figure with the rendered sample.
-        """
-        return plot_caption_sample(sample, show_titles, suptitle)

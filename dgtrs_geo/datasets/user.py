@@ -24,10 +24,10 @@ from torchgeo.samplers import GeoSampler, Units
 
 from ..errors import InputError
 from .dgtrsd import SPLITS
-from .utils import ManifestError, plot_caption_sample
+from .utils import CaptionPlotMixin, ManifestError
 
 
-class UserCaptions(GeoDataset):
+class UserCaptions(CaptionPlotMixin, GeoDataset):
     """Caption chips around the features of a vector file over rasters.
 
     Every feature gives one sample: the raster square centred on the centre of
@@ -219,11 +219,11 @@ class UserCaptions(GeoDataset):
     def plot(
         self, sample: dict[str, Any], show_titles: bool = True, suptitle: str | None = None
     ) -> Figure:
-        """Plot a sample with its wrapped captions (and ``prediction`` if present).
+        """Plot a sample as :meth:`CaptionPlotMixin.plot` does, its image min-max stretched.
 
         Args:
             sample: A sample returned by :meth:`__getitem__`.
-            show_titles: Whether to show the captions.
+            show_titles: Whether to show the captions (and ``prediction`` if present).
             suptitle: Optional figure title.
 
         Returns:
@@ -233,7 +233,7 @@ class UserCaptions(GeoDataset):
         # Rasters need not be 8-bit: stretch to 0..255 for display only
         low, high = image.min(), image.max()
         shown = (image - low) / max(float(high - low), 1e-12) * 255
-        return plot_caption_sample({**sample, "image": shown}, show_titles, suptitle)
+        return super().plot({**sample, "image": shown}, show_titles, suptitle)
 
 
 class FeatureChipSampler(GeoSampler):

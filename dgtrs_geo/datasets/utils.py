@@ -3,7 +3,7 @@
 import re
 import textwrap
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -128,3 +128,30 @@ def plot_caption_sample(
     if suptitle is not None:
         fig.suptitle(suptitle)
     return fig
+
+
+class CaptionPlotMixin:
+    """TorchGeo's ``plot()`` for caption datasets: the image with its wrapped captions.
+
+    Put it first among the bases (``class X(CaptionPlotMixin, NonGeoDataset)``) so its ``plot``
+    wins over one a TorchGeo base may define. A dataset whose samples are not 0..255 overrides
+    :meth:`plot` to rescale the image, then calls it.
+    """
+
+    #: Caption keys :meth:`plot` shows, in order, when present in the sample.
+    plot_keys: ClassVar[tuple[str, ...]] = ("caption_short", "caption_long", "captions")
+
+    def plot(
+        self, sample: dict[str, Any], show_titles: bool = True, suptitle: str | None = None
+    ) -> Figure:
+        """Plot a sample with its wrapped captions (and ``prediction`` if present).
+
+        Args:
+            sample: A sample returned by ``__getitem__``.
+            show_titles: Whether to show the captions.
+            suptitle: Optional figure title.
+
+        Returns:
+            A matplotlib Figure with the rendered sample.
+        """
+        return plot_caption_sample(sample, show_titles, suptitle, keys=self.plot_keys)

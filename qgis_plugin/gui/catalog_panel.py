@@ -267,7 +267,8 @@ class CatalogPanel(QWidget):
             score_max=found.get("score_max"),
             score_min=found.get("score_min"),
             normalise=found.get("normalise", "minmax"),
-            scales=found.get("scales") or [],
+            scales=result.get("scales") or [],
+            model=result.get("model_id", ""),
         )
         try:
             scene = scene_layer(row["href"], row["scene"])

@@ -37,11 +37,10 @@ from qgis.core import (
 from qgis.PyQt.QtCore import QVariant
 
 from .. import history, settings
-from ..backend import manager
-from ..backend.client import WorkerError
 from ..backend.protocol import Run, result_path, worker_params
 from ..sources import UnsupportedLayer, parse_scales, run_request
 from ..tools import tr
+from .jobs import run_job
 from .postprocess import style_on_load
 
 UNITS = ["px", "m"]
@@ -144,27 +143,7 @@ class _EngineAlgorithm(QgsProcessingAlgorithm):
             raise QgsProcessingException(str(error)) from error
 
     def _run(self, op: str, run: Run, feedback: QgsProcessingFeedback) -> Dict[str, Any]:
-        def progress(fraction: Optional[float], message: str, stage: str) -> None:
-            if fraction is not None:
-                feedback.setProgress(100.0 * fraction)
-            if stage == "starting":
-                feedback.pushInfo(tr("Starting the backend…"))
-            elif message:
-                feedback.pushInfo(message)
-
-        try:
-            client = manager.get_client()
-            info = client.start(progress)
-            if client.version_note:
-                feedback.pushWarning(client.version_note)
-            return client.request(
-                op,
-                worker_params(op, run, info),
-                on_progress=progress,
-                is_canceled=feedback.isCanceled,
-            )
-        except WorkerError as error:
-            raise QgsProcessingException(str(error)) from error
+        return run_job(op, lambda info: worker_params(op, run, info), feedback)
 
 
 class BuildIndexAlgorithm(_EngineAlgorithm):

@@ -32,36 +32,14 @@ from qgis.core import (
 )
 
 from .. import settings
-from ..backend import manager
-from ..backend.client import WorkerError
 from ..catalog import build_params, results_name, search_params, style_scores
 from ..sources import parse_scales
 from ..tools import tr
+from .jobs import run_job
 
 UNITS = ["m", "px"]
 _alive: List["StyleResults"] = []
 _KEEP = 64
-
-
-def run_job(op: str, params: Dict[str, Any], feedback: QgsProcessingFeedback) -> Dict[str, Any]:
-    """Send one catalog job to the worker (starting it if needed); return its result."""
-
-    def progress(fraction: Optional[float], message: str, stage: str) -> None:
-        if fraction is not None:
-            feedback.setProgress(100.0 * fraction)
-        if stage == "starting" and not message:
-            feedback.pushInfo(tr("Starting the backend\u2026"))
-        elif message:
-            feedback.pushInfo(message)
-
-    try:
-        client = manager.get_client()
-        client.start(progress)
-        if client.version_note:
-            feedback.pushWarning(client.version_note)
-        return client.request(op, params, on_progress=progress, is_canceled=feedback.isCanceled)
-    except WorkerError as error:
-        raise QgsProcessingException(str(error)) from error
 
 
 class StyleResults(QgsProcessingLayerPostProcessorInterface):
@@ -205,7 +183,9 @@ class BuildCatalogAlgorithm(_CatalogAlgorithm):
             "date_from": self.parameterAsString(parameters, self.DATE_FROM, context).strip(),
         }  # fmt: skip
         model = self.parameterAsString(parameters, self.MODEL, context).strip() or settings.model()
-        result = run_job("catalog_build", build_params(sources, out, model, options), feedback)
+        result = run_job(
+            "catalog_build", lambda _info: build_params(sources, out, model, options), feedback
+        )
         feedback.pushInfo(result.get("report", ""))
         for failure in result.get("failed", []):
             feedback.reportError(tr("{}: {}", failure["source"], failure["error"]))
@@ -300,7 +280,7 @@ class SearchCatalogAlgorithm(_CatalogAlgorithm):
             bbox_crs=bbox_crs,
             date=self.parameterAsString(parameters, self.DATE, context),
         )
-        result = run_job("catalog_search", params, feedback)
+        result = run_job("catalog_search", lambda _info: params, feedback)
         sink_id = self._copy(parameters, context, result)
         if context.willLoadLayerOnCompletion(sink_id):
             processor = StyleResults(results_name([query]))
