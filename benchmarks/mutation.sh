@@ -35,9 +35,10 @@ results="$repo/benchmarks/results"
 declare -A tests=(
     [evaluation]="tests/test_zeroshot.py tests/test_retrieval.py tests/test_evaluation_*.py
                   tests/test_selo.py tests/test_selo_mask*.py tests/test_oracle_evaluation*.py
-                  tests/test_oracle_selo*.py"
+                  tests/test_oracle_selo*.py tests/test_mutants_evaluation*.py"
     [localization]="tests/test_localization_*.py tests/test_oracle_localization*.py
-                    tests/test_oracle_polygons*.py tests/test_oracle_cli*.py"
+                    tests/test_oracle_polygons*.py tests/test_oracle_cli*.py
+                    tests/test_mutants_localization*.py"
     [models]="tests/test_kps.py tests/test_checkpoints.py tests/test_cli_models.py
               tests/test_oracle_models*.py"
 )

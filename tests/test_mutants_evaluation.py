@@ -284,10 +284,13 @@ def test_cached_embeddings_are_loaded_with_weights_only(tmp_path: Path, monkeypa
 
     monkeypatch.setattr(torch, "load", spy)
     again = encode_benchmark(model, data, cache_dir=tmp_path, progress=False)
-    # pyproject allows torch >= 2.1, whose torch.load unpickles anything unless weights_only is
-    # set: a planted cache file must never run code (team rule: weights_only=True).
+    # pyproject allows torch >= 2.1; before 2.6 torch.load unpickles anything unless
+    # weights_only=True is passed: a planted cache file must never run code (team rule).
     assert len(calls) == 1 and calls[0].get("weights_only") is True
-    assert again.keys() == first.keys() and torch.equal(again["image"], first["image"])
+    # Read back as written: a red, a green and a blue scene (220 on one channel, 20 elsewhere).
+    expected = F.normalize(torch.tensor([[220.0, 20, 20], [20, 220, 20], [20, 20, 220]]), dim=1)
+    torch.testing.assert_close(again["image"], expected)
+    assert again.keys() == first.keys() and torch.equal(again["label"], torch.tensor([0, 1, 2]))
 
 
 def test_an_unwritable_cache_folder_is_an_output_error_naming_the_fix(tmp_path: Path) -> None:

@@ -100,6 +100,13 @@ def outline_points(canvas, layer):
     return points
 
 
+def expand(node):
+    """Show ``node`` expanded (toggled: the view may not show a node added expanded as such)."""
+    node.setExpanded(False)
+    pause(0.2)
+    node.setExpanded(True)
+
+
 def set_visible(layer, visible):
     QgsProject.instance().layerTreeRoot().findLayer(layer.id()).setItemVisibilityChecked(visible)
 
@@ -166,10 +173,7 @@ def main(out):
         set_visible(layer, False)
         tree.findLayer(layer.id()).setExpanded(False)
     ranked = layers[-1]
-    # Its score classes in the legend (toggled: the view may not show a node added expanded).
-    tree.findLayer(ranked.id()).setExpanded(False)
-    pause(0.2)
-    tree.findLayer(ranked.id()).setExpanded(True)
+    expand(tree.findLayer(ranked.id()))  # its score classes in the legend
     iface.messageBar().clearWidgets()
     panel.table.selectRow(0)
     canvas.setExtent(extent)
@@ -190,17 +194,20 @@ def main(out):
                        "row": panel.rows[0]}  # fmt: skip
     record = dock.history[0]
     out["localize"]["record"] = record
-    # The scene with its neighbours around it, the layer tree as short as before.
+    from dgtrs_geo_qgis.layers import find_group
+
+    group = find_group(record["id"])
+    # The scene with its neighbours around it; in the layer tree, the new group's legends.
     scene = QgsProject.instance().mapLayer(iface.activeLayer().id())
     canvas.setExtent(scene.extent().buffered(scene.extent().width()))
     tree.findGroup(scenes_group).setExpanded(False)
+    tree.findLayer(ranked.id()).setExpanded(False)
+    for node in (group, *group.findLayers()):
+        expand(node)
     iface.messageBar().clearWidgets()
     pause(0.5)
     render(canvas, os.path.join(shots, "localize-shown-all.png"))
     out["localize_shot"] = screenshot(main_window, canvas, dock, "qgis-catalog-localize")
-    from dgtrs_geo_qgis.layers import find_group
-
-    group = find_group(record["id"])
     heat = next(n.layer() for n in group.findLayers() if isinstance(n.layer(), QgsRasterLayer))
     for node in group.findLayers():
         set_visible(node.layer(), node.layer() is heat)
