@@ -9,7 +9,8 @@ Protocol (version 2). Each request is one line ``{"id": "7", "op": "localize", "
 Each reply is one line carrying the request's ``id`` and an ``event``:
 
 - ``{"event": "progress", "fraction": 0.4, "message": "encoded 40/100 windows", "stage":
-  "encoding"}`` (jobs only); ``stage`` is ``starting``, ``loading-model``, ``encoding``,
+  "encoding"}`` (jobs only); ``stage`` is ``starting``, ``downloading`` (a named model's
+  weights, the message in %), ``loading-model``, ``encoding``,
   ``scoring`` or ``writing``,
 - ``{"event": "result", "result": {...}}`` ends the request,
 - ``{"event": "error", "error": {"type": "InputError", "message": "..."}}`` ends the request;
@@ -403,6 +404,7 @@ class Worker:
             self._sessions.move_to_end(key)
             return self._sessions[key]
         if progress is not None:
+            _download_named_weights(str(source), progress)
             progress(0.0, f"loading model {source}", "loading-model")
         from .localization.options import LocalizationOptions
 
@@ -458,6 +460,25 @@ class Worker:
             "windows": results[0].windows,
             "results": answers,
         }
+
+
+def _download_named_weights(source: str, progress: ProgressFn) -> None:
+    """Download a named model's missing weights first, reporting stage ``downloading`` in %."""
+    from .models.registry import REGISTRY, download_weights, weights_path
+
+    entry = REGISTRY.get(source)
+    if entry is None or weights_path(entry).is_file():
+        return
+
+    def report(done: int, total: int | None) -> None:
+        if total:
+            percent = 100 * done // total
+            progress(done / total, f"downloading weights {percent} %", "downloading")
+        else:
+            progress(0.0, f"downloading weights {done / 2**20:.0f} MiB", "downloading")
+
+    progress(0.0, f"downloading weights of {source}", "downloading")
+    download_weights(entry, progress=False, report=report)
 
 
 def main(argv: list[str] | None = None) -> int:

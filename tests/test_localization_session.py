@@ -134,6 +134,8 @@ def test_result_to_json(scene: Path, tmp_path: Path) -> None:
     payload = json.loads(json.dumps(result.to_json()))
     assert payload["query"] == "red" and payload["best"] == list(result.best)
     assert payload["score_max"] == pytest.approx(_cos(1.0), abs=1e-5)
+    # Most 64 px windows hold no red at all: the lowest raw cosine is that of a red share of 0.
+    assert payload["score_min"] == pytest.approx(_cos(0.0), abs=1e-6) and _cos(0.0) == 0.0
     assert payload["polygon_count"] == len(result.polygons) >= 1
     assert payload["paths"] == {"heatmap": str(tmp_path / "out" / "red.tif")}
     assert payload["shape"] == [64, 64] and payload["transform"] == list(result.transform)[:6]

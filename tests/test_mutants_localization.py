@@ -28,7 +28,9 @@ def test_fast_map_smoothing_on_coarse_cells_is_in_pixels() -> None:
     expected = _minmax(ndimage.gaussian_filter(_brute_force_mean(image, (64,)), 12, mode="nearest"))
     # Cells of 4 px and bilinear upsampling move values by a few hundredths at most.
     assert np.abs(got - expected).max() < 0.06
-    too_little = _minmax(ndimage.gaussian_filter(_brute_force_mean(image, (64,)), 3, mode="nearest"))
+    too_little = _minmax(
+        ndimage.gaussian_filter(_brute_force_mean(image, (64,)), 3, mode="nearest")
+    )
     assert np.abs(too_little - expected).max() > 0.1  # sigma in cells, not pixels, would show
     # Upsampled bilinearly: along the slope right of the square neighbours differ (nearest-
     # neighbour upsampling would repeat each cell's value over 4 px).
@@ -100,7 +102,9 @@ def test_scales_to_pixels_values_and_errors() -> None:
     assert scales_to_pixels([0.5, 2.0, 100.0], 0.25) == (2, 8, 400)
     assert scales_to_pixels([0.1], 10.0) == (1,)  # never below one pixel
     for bad in ([], [0.0, 10.0], [-5.0]):
-        with pytest.raises(ValueError, match=rf"positive sizes in metres, got {bad}".replace("[", r"\[")):
+        with pytest.raises(
+            ValueError, match=rf"positive sizes in metres, got {bad}".replace("[", r"\[")
+        ):
             scales_to_pixels(bad, 1.0)
     with pytest.raises(ValueError, match="ground sample distance"):
         scales_to_pixels([10.0], 0.0)

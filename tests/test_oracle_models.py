@@ -115,6 +115,41 @@ def test_sha256_mismatch_is_refused_and_leaves_nothing(server, tmp_path, monkeyp
         download_weights(_entry(server, "missing.pt", None), progress=False)
 
 
+def test_worker_reports_the_download_in_percent_before_loading(
+    server, tiny_checkpoint, tmp_path, monkeypatch
+) -> None:
+    import io
+
+    from dgtrs_geo.worker import Worker
+
+    monkeypatch.setenv("DGTRS_GEO_CACHE", str(tmp_path / "cache"))
+    payload = tiny_checkpoint.read_bytes()
+    (tmp_path / "served" / "tiny.pt").write_bytes(payload)
+    entry = _entry(server, "tiny.pt", hashlib.sha256(payload).hexdigest())
+    monkeypatch.setitem(REGISTRY, entry.name, entry)
+    reported: list[tuple[int, int | None]] = []
+    download_weights(
+        entry, progress=False, report=lambda done, total: reported.append((done, total))
+    )
+    # One call per chunk of 1 MiB: bytes so far, growing to the whole file, and its size.
+    chunks = -(-len(payload) // 2**20)
+    assert reported == [(min((i + 1) * 2**20, len(payload)), len(payload)) for i in range(chunks)]
+    weights_path(entry).unlink()
+
+    events: list[tuple[float, str, str]] = []
+    Worker(io.StringIO()).session(entry.name, "cpu", lambda *event: events.append(event))
+    stages = [stage for _, _, stage in events]
+    assert stages[0] == "downloading" and stages[-1] == "loading-model"
+    assert set(stages[:-1]) == {"downloading"}
+    fraction, message, _ = events[-2]
+    assert fraction == 1.0 and message == "downloading weights 100 %"
+    assert weights_path(entry).read_bytes() == payload
+    # Cached now: a new worker goes straight to loading.
+    events.clear()
+    Worker(io.StringIO()).session(entry.name, "cpu", lambda *event: events.append(event))
+    assert [stage for _, _, stage in events] == ["loading-model"]
+
+
 def _independent_clip(state: dict[str, torch.Tensor], quick_gelu: bool) -> torch.nn.Module:
     """open_clip's own CLIP class with the tiny config, built without the project's loader."""
     config = architecture_config("dgtrs-tiny")

@@ -156,7 +156,11 @@ def test_heatmap_legend_metadata_and_tooltip_say_what_the_values_are(dock) -> No
     assert "a bright square: heatmap (relative match, 0-1)" in tooltip
     assert "Relative match, 0-1" in tooltip and raw in tooltip
     assert heatmap.metadata().abstract() == heatmap.abstract()
-    assert f"Raw cosine similarity of the best window: {raw}." in heatmap.metadata().abstract()
+    # The worker sends the raw range the map was scaled from: lowest and best window cosine.
+    low = record["score_min"]
+    assert low is not None and low < record["score_max"]
+    expected = f"Raw cosine similarity of the windows: {low:.4f} to {raw}."
+    assert expected in heatmap.metadata().abstract()
     # The tags the engine wrote agree: a min-max map.
     with rasterio.open(record["heatmap"]) as src:
         assert src.tags()["normalise"] == "minmax"

@@ -79,6 +79,8 @@ class LocalizationResult:
         paths: written files by kind (``heatmap``, ``polygons``, ``geojson``, ``overlay``).
         best: ``(x, y)`` map coordinates of the heatmap's maximum.
         score_max: highest raw cosine similarity of a window to the query.
+        score_min: lowest raw cosine similarity of a window to the query (with ``score_max``,
+            the raw range a min-max normalised map was scaled from).
         model_id: the model that scored it.
         mode: ``"fast"`` or ``"reference"``.
         normalise: ``"minmax"`` or ``"cosine"``.
@@ -95,6 +97,7 @@ class LocalizationResult:
     paths: dict[str, Path] = field(default_factory=dict)
     best: tuple[float, float] = (math.nan, math.nan)
     score_max: float = math.nan
+    score_min: float = math.nan
     model_id: str = ""
     mode: str = "fast"
     normalise: str = "minmax"
@@ -113,14 +116,15 @@ class LocalizationResult:
     def to_json(self) -> dict[str, Any]:
         """Return everything but the arrays as a JSON-able dict (NaN coordinates as null).
 
-        Keys: ``query``, ``best`` ``[x, y]``, ``score_max``, ``polygon_count``, ``threshold``,
-        ``normalise``, ``mode``, ``model_id``, ``windows``, ``crs`` (WKT or null),
+        Keys: ``query``, ``best`` ``[x, y]``, ``score_max``, ``score_min``, ``polygon_count``,
+        ``threshold``, ``normalise``, ``mode``, ``model_id``, ``windows``, ``crs`` (WKT or null),
         ``transform`` (six coefficients), ``shape`` ``[rows, cols]``, ``paths`` (kind -> file).
         """
         return {
             "query": self.query,
             "best": [_finite_or_none(v) for v in self.best],
             "score_max": _finite_or_none(self.score_max),
+            "score_min": _finite_or_none(self.score_min),
             "polygon_count": len(self.polygons),
             "threshold": self.threshold,
             "normalise": self.normalise,
@@ -663,6 +667,7 @@ def _score(
                 polygons=heatmap_polygons(heat, transform, source.crs, threshold, text),
                 best=_best(heat, transform),
                 score_max=float(scores[:, q].max()),
+                score_min=float(scores[:, q].min()),
                 model_id=model.model_id,
                 mode="reference" if options.reference else "fast",
                 normalise=norm,

@@ -8,6 +8,7 @@ download leaves nothing that looks complete.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -151,8 +152,19 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def download_weights(entry: ModelEntry, *, progress: bool = True) -> Path:
+def download_weights(
+    entry: ModelEntry,
+    *,
+    progress: bool = True,
+    report: Callable[[int, int | None], None] | None = None,
+) -> Path:
     """Return the cached weights of ``entry``, downloading and checking them first if needed.
+
+    Args:
+        entry: the named model.
+        progress: show a progress bar on stderr.
+        report: called after each downloaded chunk with the bytes so far and the total size
+            (``None`` when the server does not say), e.g. to show a percentage in a GUI.
 
     Raises:
         WeightsUnavailableError: offline or on any download failure, naming the file to fetch and
@@ -188,9 +200,13 @@ def download_weights(entry: ModelEntry, *, progress: bool = True) -> Path:
                     disable=not progress,
                 ) as bar,
             ):
+                done = 0
                 for chunk in response.iter_content(chunk_size=1 << 20):
                     file.write(chunk)
                     bar.update(len(chunk))
+                    done += len(chunk)
+                    if report is not None:
+                        report(done, total)
     except (requests.RequestException, OSError) as error:
         partial.unlink(missing_ok=True)
         raise WeightsUnavailableError(
