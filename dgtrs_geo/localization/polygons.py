@@ -78,7 +78,8 @@ def polygon_areas(geoms: list[BaseGeometry], crs: CRS | None) -> list[float]:
     Polygons are densified (edges of at most 1 km), transformed to EPSG:4326 and measured on the
     ellipsoid (:func:`_ring_areas`, vectorised; checked against ``pyproj.Geod`` in the tests): a
     planar area in Web Mercator would be too large by the square of the scale factor (+22 % at
-    25 degrees latitude). Without a CRS, areas are in square pixels.
+    25 degrees latitude). Without a CRS, areas are in square pixels; in a local (engineering) CRS,
+    which has no place on the Earth, they are planar, in the square of its unit.
 
     Args:
         geoms: polygons or multipolygons in ``crs``.
@@ -89,12 +90,12 @@ def polygon_areas(geoms: list[BaseGeometry], crs: CRS | None) -> list[float]:
 
     """
     array = np.asarray(geoms, dtype=object)
-    if crs is None or len(array) == 0:
+    if crs is None or len(array) == 0 or not (crs.is_geographic or crs.is_projected):
         return [float(a) for a in shapely.area(array)]
     if crs.is_geographic:
         segment = _SEGMENT_M / 111_000  # degrees; shorter along parallels away from the equator
     else:
-        segment = _SEGMENT_M / (crs.linear_units_factor[1] if crs.linear_units else 1.0)
+        segment = _SEGMENT_M / crs.linear_units_factor[1]
     bounds = shapely.bounds(array)
     long = np.maximum(bounds[:, 2] - bounds[:, 0], bounds[:, 3] - bounds[:, 1]) > segment
     dense = array.copy()
