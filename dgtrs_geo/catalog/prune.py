@@ -11,21 +11,18 @@ refused unless forced.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from filelock import FileLock
 
 from ..errors import InputError
+from .build import ProgressFn
 from .finalize import FinalizeSummary, finalize
 from .remote import is_remote
 from .store import CatalogStore
 
 __all__ = ["PruneSummary", "prune"]
-
-#: Progress callback: fraction done in [0, 1] and a message.
-ProgressFn = Callable[[float, str], None]
 
 
 @dataclass
