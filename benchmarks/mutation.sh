@@ -40,7 +40,7 @@ declare -A tests=(
                     tests/test_oracle_polygons*.py tests/test_oracle_cli*.py
                     tests/test_mutants_localization*.py"
     [models]="tests/test_kps.py tests/test_checkpoints.py tests/test_cli_models.py
-              tests/test_oracle_models*.py"
+              tests/test_oracle_models*.py tests/test_mutants_models*.py"
 )
 # The evaluate-all fixture of test_evaluation_cli.py takes ~25 s of CPU per mutant it reaches;
 # the oracle tests cover the same paths with fakes in milliseconds.
