@@ -72,14 +72,21 @@ def _entry(server: _Server, filename: str, sha256: str | None, fmt: str = "dgtrs
     )
 
 
-def test_download_by_name_is_checked_cached_and_loads(
-    server, tiny_checkpoint, tiny_model, tmp_path, monkeypatch
-) -> None:
+@pytest.fixture
+def served_tiny(server, tiny_checkpoint, tmp_path, monkeypatch) -> tuple[ModelEntry, bytes]:
+    """The tiny checkpoint served on 127.0.0.1 as the registered name "tiny-remote", not cached."""
     monkeypatch.setenv("DGTRS_GEO_CACHE", str(tmp_path / "cache"))
     payload = tiny_checkpoint.read_bytes()
     (tmp_path / "served" / "tiny.pt").write_bytes(payload)
     entry = _entry(server, "tiny.pt", hashlib.sha256(payload).hexdigest())
     monkeypatch.setitem(REGISTRY, entry.name, entry)
+    return entry, payload
+
+
+def test_download_by_name_is_checked_cached_and_loads(
+    served_tiny, server, tiny_model, tmp_path
+) -> None:
+    entry, payload = served_tiny
     model = dgtrs_geo.load_model("tiny-remote")
     # The bytes landed in the models cache, whole, with no partial file beside them.
     target = tmp_path / "cache" / "models" / "tiny.pt"
@@ -115,18 +122,12 @@ def test_sha256_mismatch_is_refused_and_leaves_nothing(server, tmp_path, monkeyp
         download_weights(_entry(server, "missing.pt", None), progress=False)
 
 
-def test_worker_reports_the_download_in_percent_before_loading(
-    server, tiny_checkpoint, tmp_path, monkeypatch
-) -> None:
+def test_worker_reports_the_download_in_percent_before_loading(served_tiny) -> None:
     import io
 
     from dgtrs_geo.worker import Worker
 
-    monkeypatch.setenv("DGTRS_GEO_CACHE", str(tmp_path / "cache"))
-    payload = tiny_checkpoint.read_bytes()
-    (tmp_path / "served" / "tiny.pt").write_bytes(payload)
-    entry = _entry(server, "tiny.pt", hashlib.sha256(payload).hexdigest())
-    monkeypatch.setitem(REGISTRY, entry.name, entry)
+    entry, payload = served_tiny
     reported: list[tuple[int, int | None]] = []
     download_weights(
         entry, progress=False, report=lambda done, total: reported.append((done, total))
