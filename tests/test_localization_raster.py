@@ -267,3 +267,15 @@ def test_prune_digest_cache_drops_entries_of_gone_or_changed_files(
     assert list(fingerprint.cache_dir("fingerprints").glob("*.json")) == [
         entries[str(paths[0].resolve())]
     ]
+
+
+def test_prune_digest_cache_goes_on_past_an_entry_it_cannot_delete(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A folder where an entry should be (or a read-only shared cache) stays and is not reported.
+    monkeypatch.setenv("DGTRS_GEO_CACHE", str(tmp_path / "cache"))
+    folder = fingerprint.cache_dir("fingerprints")
+    (folder / "a-folder.json").mkdir(parents=True)
+    (folder / "garbled.json").write_text("{")
+    assert fingerprint.prune_digest_cache() == [folder / "garbled.json"]
+    assert [p.name for p in folder.iterdir()] == ["a-folder.json"]

@@ -98,6 +98,19 @@ def test_patch_mean_map_against_a_loop() -> None:
     )
 
 
+@pytest.mark.parametrize(
+    "window", [[-1, 0, 10, 10], [0, -3, 10, 10], [36, 0, 10, 10], [0, 28, 10, 10]]
+)
+def test_patch_mean_map_refuses_windows_outside_the_map(window: list[int]) -> None:
+    # A negative offset would wrap round to the other side; one past the edge would crash.
+    windows = np.array([[0, 0, 10, 10], window])
+    with pytest.raises(
+        ValueError,
+        match=rf"window \[{window[0]}, {window[1]}, 10, 10\] is not inside the 37 x 45 map",
+    ):
+        patch_mean_map(windows, np.ones((2, 1, 1)), (37, 45))
+
+
 def test_encode_dense_matches_window_encoding(tiny_model) -> None:
     rng = np.random.default_rng(1)
     image = rng.integers(0, 256, (96, 80, 3), dtype=np.uint8)

@@ -194,8 +194,18 @@ def patch_mean_map(
 
     Returns:
         float64 ``[height, width]``; 0 where no patch covers a pixel.
+
+    Raises:
+        ValueError: a window does not lie inside the map (numpy would wrap negative offsets
+            round to the other side).
     """
     height, width = shape
+    outside = (windows[:, :2] < 0).any(1) | (windows[:, 0] + windows[:, 2] > width)
+    outside |= windows[:, 1] + windows[:, 3] > height
+    if outside.any():
+        raise ValueError(
+            f"window {windows[outside][0].tolist()} is not inside the {height} x {width} map"
+        )
     grid = scores.shape[1]
     steps = np.arange(grid + 1) / grid
     x0 = np.round(windows[:, :1] + steps[None, :] * windows[:, 2:3]).astype(int)  # [N, g + 1]

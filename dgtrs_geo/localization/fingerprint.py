@@ -148,9 +148,13 @@ def prune_digest_cache() -> list[Path]:
             stale = _read_entry(entry, path, _stat_key(path)) is None
         except (OSError, ValueError, KeyError, TypeError):
             stale = True
-        if stale:
+        if not stale:
+            continue
+        try:
             entry.unlink(missing_ok=True)
-            removed.append(entry)
+        except OSError:  # a read-only shared cache, or a folder in its place: leave it
+            continue
+        removed.append(entry)
     return removed
 
 

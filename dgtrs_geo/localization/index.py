@@ -504,7 +504,8 @@ def _remove_partials(directory: Path, held: Path | None = None) -> list[Path]:
             continue  # a live writer owns it
         try:
             shutil.rmtree(entry, ignore_errors=True)
-            removed.append(entry)
+            if not entry.exists():  # a folder we may not delete stays, and is not reported
+                removed.append(entry)
         finally:
             if lock is not None:
                 lock.release()
@@ -697,7 +698,8 @@ def prune_indexes(root: str | Path, older_than_days: float | None = None) -> lis
         try:
             log.info("removing embedding index %s: %s", path, reason)
             shutil.rmtree(path, ignore_errors=True)
-            removed.append(path)
+            if not path.exists():  # an index we may not delete stays, and is not reported
+                removed.append(path)
         finally:
             lock.release()
     prune_digest_cache()
