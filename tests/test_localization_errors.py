@@ -307,7 +307,9 @@ def test_signals_stop_cleanly(tmp_path: Path, tiny_checkpoint, signum, code, nam
     )  # fmt: skip
     # Signal on the first progress line of encoding: the index is then surely unfinished.
     stderr_chunks: list[str] = []
-    reader = threading.Thread(target=lambda: stderr_chunks.extend(iter(lambda: process.stderr.read(1), "")))
+    reader = threading.Thread(
+        target=lambda: stderr_chunks.extend(iter(lambda: process.stderr.read(1), ""))
+    )
     reader.start()
     try:
         deadline = time.monotonic() + 120

@@ -267,9 +267,9 @@ def overlay_size(aspect: float) -> tuple[float, float]:
 def wrap_title(text: str, width_chars: int, lines: int = TITLE_LINES) -> str:
     """Wrap ``text`` to ``lines`` lines of ``width_chars`` characters, cut with an ellipsis."""
     width_chars = max(width_chars, 10)
+    # textwrap also breaks a single word longer than a line (a URL, an emoji run).
     wrapped = textwrap.wrap(" ".join(text.split()), width_chars, max_lines=lines, placeholder=" …")
-    # A single unbroken word longer than a line (a URL, an emoji run) is cut too.
-    return "\n".join(w if len(w) <= width_chars else w[: width_chars - 1] + "…" for w in wrapped)
+    return "\n".join(wrapped)
 
 
 def write_overlay(

@@ -221,7 +221,8 @@ def read_checkpoint(
         raise CheckpointError(
             f"{path} holds a {type(payload).__name__}, not a dictionary of tensors: expected a state dict"
         )
-    checkpoint_format = checkpoint_format or detect_format(payload)
+    # A DDP-wrapped model saves its keys under "module.": detect on the keys it is read with.
+    checkpoint_format = checkpoint_format or detect_format(_strip_prefix(payload, "module."))
     match checkpoint_format:
         case "lightning":
             state = _from_lightning(payload)
