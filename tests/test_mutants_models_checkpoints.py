@@ -150,7 +150,10 @@ def test_fold_refuses_missing_or_mismatched_tables_with_exact_messages() -> None
     """The two DGTRS table errors name the missing key, or both shapes."""
     with pytest.raises(CheckpointError) as missing:
         fold_dgtrs_state_dict({"positional_embedding_res": _table(4)})
-    assert str(missing.value) == "DGTRS checkpoint lacks 'positional_embedding'"
+    assert str(missing.value) == (
+        "DGTRS checkpoint lacks 'positional_embedding': if the file is another format, leave the "
+        "format to detection"
+    )
     with pytest.raises(CheckpointError) as mismatch:
         fold_dgtrs_state_dict(
             {"positional_embedding": _table(4), "positional_embedding_res": _table(5)}
@@ -204,6 +207,16 @@ def test_lightning_checkpoint_without_model_weights_is_refused(tmp_path) -> None
     assert str(refused.value) == (
         "Lightning checkpoint has no 'model.*' weights: not a DGTRSCLIPTask checkpoint"
     )
+
+
+def test_a_format_forced_on_a_file_of_another_format_is_a_checkpoint_error(tmp_path) -> None:
+    """Lightning forced on a plain state dict, DGTRS forced on an open_clip file: no KeyError."""
+    path = tmp_path / "open_clip.pt"
+    torch.save({"positional_embedding": _table(3), "text_projection": _table(2)}, path)
+    with pytest.raises(CheckpointError, match=r"^not a Lightning checkpoint \(no 'state_dict'"):
+        read_checkpoint(path, "lightning")
+    with pytest.raises(CheckpointError, match="^DGTRS checkpoint lacks 'positional_embedding_res'"):
+        read_checkpoint(path, "dgtrs")
 
 
 def test_read_checkpoint_errors_have_exact_messages(tmp_path) -> None:

@@ -136,8 +136,12 @@ def fold_dgtrs_state_dict(
 
     """
     folded = dict(state_dict)
-    if "positional_embedding" not in folded:
-        raise CheckpointError("DGTRS checkpoint lacks 'positional_embedding'")
+    for table in ("positional_embedding", "positional_embedding_res"):
+        if table not in folded:
+            raise CheckpointError(
+                f"DGTRS checkpoint lacks {table!r}: if the file is another format, leave the "
+                "format to detection"
+            )
     frozen, trained = folded["positional_embedding"], folded.pop("positional_embedding_res")
     if frozen.shape != trained.shape:
         raise CheckpointError(
@@ -168,8 +172,12 @@ def _strip_prefix(state_dict: Mapping[str, Tensor], prefix: str) -> dict[str, Te
 
 
 def _from_lightning(payload: Mapping[str, object]) -> dict[str, Tensor]:
-    state = payload["state_dict"]
-    assert isinstance(state, Mapping)
+    state = payload.get("state_dict")
+    if not isinstance(state, Mapping):
+        raise CheckpointError(
+            "not a Lightning checkpoint (no 'state_dict' dictionary): if the file is another "
+            "format, leave the format to detection"
+        )
     weights = {
         key[len(_LIGHTNING_PREFIX) :]: value
         for key, value in state.items()
