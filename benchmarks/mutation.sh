@@ -178,9 +178,10 @@ run_module() {
         # and test only a seeded random sample of them; the rest stay "not checked".
         (cd "$copy" && "$mutmut" run --max-children "$jobs" "generate-only" >>"$copy/mutmut.log" 2>&1) || true
         [ -f "$copy/mutants/mutmut-stats.json" ] || { mutmut_run "generate-only"; return 1; }
-        # On a resume, the same sample (same seed) less the mutants already killed.
+        # On a resume, the earlier run's sample (drawn again from its own mutant list, which
+        # code changes since cannot alter) less the mutants already killed.
         if [ -n "${MUTATION_RESUME:-}" ]; then
-            mapfile -t again < <(sample_mutants "$copy" | grep -Fx -f <(unkilled "$copy"))
+            mapfile -t again < <(sample_mutants "$MUTATION_RESUME/$module" | grep -Fx -f <(unkilled "$copy"))
         else
             mapfile -t again < <(sample_mutants "$copy")
         fi

@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from rasterio.transform import from_origin
 from scipy.ndimage import gaussian_filter
 from test_localization_api import _raster
 from test_oracle_localization import RednessModel, _windows
+from test_selo_dense import _expected_patches
 
 from dgtrs_geo.localization import build_index, localize
 from dgtrs_geo.localization.demo import (
@@ -47,27 +47,12 @@ def _two_head_model(tiny_model):
 
 @torch.inference_mode()
 def _clearclip_reference(model, crops: np.ndarray) -> torch.Tensor:
-    """ClearCLIP patches of 32 px uint8 crops ``[B, 32, 32, 3]``, from open_clip's own modules:
-    torch's multi-head attention with the key projection replaced by the query's."""
+    """ClearCLIP patches of 32 px uint8 crops ``[B, 32, 32, 3]``, from open_clip's own modules
+    (torch's multi-head attention with the key projection replaced by the query's)."""
     mean = torch.tensor(model.mean).view(1, 3, 1, 1)
     std = torch.tensor(model.std).view(1, 3, 1, 1)
     pixels = (torch.from_numpy(crops).permute(0, 3, 1, 2).float() / 255 - mean) / std
-    visual = model.clip.visual
-    last = visual.transformer.resblocks[-1]
-    captured = {}
-    handle = last.register_forward_pre_hook(lambda _, args: captured.setdefault("x", args[0]))
-    try:
-        model.clip.encode_image(pixels)
-    finally:
-        handle.remove()
-    x = captured["x"]
-    attention = copy.deepcopy(last.attn)
-    width = x.shape[-1]
-    attention.in_proj_weight.data[width : 2 * width] = attention.in_proj_weight[:width]
-    attention.in_proj_bias.data[width : 2 * width] = attention.in_proj_bias[:width]
-    y = last.ln_1(x)
-    out = attention(y, y, y, need_weights=False)[0]
-    patches = F.normalize(visual.ln_post(out[:, 1:]) @ visual.proj, dim=-1)
+    patches = _expected_patches(model, pixels, "clearclip")
     grid = patch_grid(model)
     return patches.reshape(len(crops), grid, grid, -1)
 

@@ -27,6 +27,7 @@ from rasterio.crs import CRS
 from rasterio.enums import Compression
 from rasterio.transform import from_origin
 from shapely.geometry import box
+from test_localization_raster import _write
 
 from dgtrs_geo.errors import OutputError
 from dgtrs_geo.localization import writers
@@ -81,24 +82,6 @@ def _inside(png: np.ndarray, fig: Figure) -> tuple[np.ndarray, int, int]:
     top, bottom, left, right = _map_box(fig)
     r0, c0 = int(np.ceil(top)) + 2, int(np.ceil(left)) + 2
     return png[r0 : int(bottom) - 2, c0 : int(right) - 2, :3], r0, c0
-
-
-def _raster(path: Path, data: np.ndarray, transform=None, nodata=None, crs="EPSG:32633") -> Path:
-    count, height, width = data.shape
-    with rasterio.open(
-        path,
-        "w",
-        driver="GTiff",
-        width=width,
-        height=height,
-        count=count,
-        dtype=data.dtype,
-        crs=crs,
-        transform=transform or from_origin(500000, 4000000, 10, 10),
-        nodata=nodata,
-    ) as dst:
-        dst.write(data)
-    return path
 
 
 # --- PNG overlay ---------------------------------------------------------------------------------
@@ -241,7 +224,7 @@ def test_write_results_overlay_background_extent_and_nodata(
     """Background decimated to <= 1024 px, nodata transparent, axes on the grid's bounds."""
     data = np.full((3, 20, 2050), 90, np.uint8)
     data[:, 10:] = 0  # nodata: the lower half
-    source = RasterSource(_raster(tmp_path / "r.tif", data, nodata=0))
+    source = RasterSource(_write(tmp_path / "r.tif", data, nodata=0))
     heatmap = np.full((2, 205), np.nan, np.float32)
     transform = from_origin(500000, 4000000, 100, 100)
     result = _result("q", heatmap, transform)
@@ -401,7 +384,7 @@ def test_band_choice_and_alpha_masks(tmp_path: Path) -> None:
     rgb, valid = RasterSource(tmp_path / "rgba.tif", bands=[1]).read((0, 0, 6, 4))
     assert valid.tolist() == [[False] * 6] * 2 + [[True] * 6] * 2
     assert (rgb[:, :2] == 0).all() and (rgb[:, 2:] == 200).all()
-    plain = RasterSource(_raster(tmp_path / "plain.tif", data[:3]))
+    plain = RasterSource(_write(tmp_path / "plain.tif", data[:3]))
     assert plain.valid_grid((2, 3)) is None
     with pytest.raises(
         ValueError, match=r"^give one band or three bands \(R, G, B\), got \[1, 2\]$"
@@ -412,11 +395,11 @@ def test_band_choice_and_alpha_masks(tmp_path: Path) -> None:
 def test_percentile_stretch_of_empty_and_constant_bands(tmp_path: Path) -> None:
     """All nodata: 0..1 on every band; a constant band: lo..lo + 1."""
     empty = np.zeros((3, 4, 4), np.uint16)
-    source = RasterSource(_raster(tmp_path / "empty.tif", empty, nodata=0))
+    source = RasterSource(_write(tmp_path / "empty.tif", empty, nodata=0))
     assert source.stretch == Stretch((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
     flat = np.full((3, 4, 4), 700, np.uint16)
     flat[1] = np.arange(16).reshape(4, 4) * 10 + 1000
-    source = RasterSource(_raster(tmp_path / "flat.tif", flat))
+    source = RasterSource(_write(tmp_path / "flat.tif", flat))
     # Band 2 holds 1000..1150 in steps of 10: the 2nd and 98th percentiles of 16 values.
     assert source.stretch.low == pytest.approx((700, 1000 + 0.02 * 15 * 10, 700))
     assert source.stretch.high == pytest.approx((701, 1000 + 0.98 * 15 * 10, 701))
@@ -425,7 +408,7 @@ def test_percentile_stretch_of_empty_and_constant_bands(tmp_path: Path) -> None:
 def test_raster_read_decimated_shape_and_region(tmp_path: Path) -> None:
     """200 x 100 read at 50 px: 50 x 25; a region reads that region only (nearest samples)."""
     data = (np.arange(100 * 200).reshape(1, 100, 200) % 251).astype(np.uint8).repeat(3, axis=0)
-    source = RasterSource(_raster(tmp_path / "r.tif", data))
+    source = RasterSource(_write(tmp_path / "r.tif", data))
     rgb, valid = source.read_decimated(50)
     assert rgb.shape == (3, 25, 50) and valid.all()
     got, _ = source.read_decimated(200, region=(10, 20, 30, 40))
@@ -435,7 +418,7 @@ def test_raster_read_decimated_shape_and_region(tmp_path: Path) -> None:
 def test_raster_source_pickles_after_reading(tmp_path: Path) -> None:
     """An open source pickles (for DataLoader workers) and reads the same after."""
     data = np.arange(3 * 4 * 5, dtype=np.uint8).reshape(3, 4, 5)
-    source = RasterSource(_raster(tmp_path / "r.tif", data))
+    source = RasterSource(_write(tmp_path / "r.tif", data))
     first, _ = source.read((0, 0, 5, 4))
     again, _ = pickle.loads(pickle.dumps(source)).read((0, 0, 5, 4))
     np.testing.assert_array_equal(first, data)
@@ -444,7 +427,7 @@ def test_raster_source_pickles_after_reading(tmp_path: Path) -> None:
 
 def test_describe_keys(tmp_path: Path) -> None:
     """The description names its fields in lower case: crs as WKT, stretch as low/high."""
-    source = RasterSource(_raster(tmp_path / "r.tif", np.zeros((3, 2, 2), np.uint8)))
+    source = RasterSource(_write(tmp_path / "r.tif", np.zeros((3, 2, 2), np.uint8)))
     described = source.describe()
     assert CRS.from_wkt(described["crs"]) == CRS.from_epsg(32633)
     assert described["stretch"] == {"low": [0.0, 0.0, 0.0], "high": [255.0, 255.0, 255.0]}
