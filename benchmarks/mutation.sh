@@ -49,12 +49,12 @@ declare -A tests=(
 )
 # The evaluate-all fixture of test_evaluation_cli.py takes ~25 s of CPU per mutant it reaches;
 # the oracle tests cover the same paths with fakes in milliseconds.
-# The deprecation test asserts that warnings point at the caller's line (stacklevel), which
-# mutmut's trampoline, one frame deeper, moves into the module: it fails on unmutated code there.
+# Tests named "point_at_the_caller" assert that warnings point at the caller's line (stacklevel),
+# which mutmut's trampoline, one frame deeper, moves into the module: they fail on unmutated code.
 declare -A deselect=(
     [evaluation]="not (evaluate_all or zeroshot_uses_the_whole_dataset or selo_csv_matches_means
                   or retrieval_matches_a_direct_computation or cached_embeddings_are_reused)"
-    [localization]="not old_keyword_spellings_warn_and_still_work"
+    [localization]="not point_at_the_caller"
 )
 
 # Copy the tree to mutate into $1: as git sees it (tracked and untracked, not ignored), or all

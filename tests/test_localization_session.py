@@ -162,6 +162,13 @@ def test_progress_reports_stages_in_order(scene: Path, tmp_path: Path) -> None:
     assert [f for f, _, _ in seen] == sorted(f for f, _, _ in seen) and seen[-1][0] == 1.0
 
 
+def test_deprecation_warnings_point_at_the_caller(scene: Path, tmp_path: Path) -> None:
+    with pytest.warns(DeprecationWarning) as caught:
+        localize(scene, "red", RednessModel(), scales=(64,), index_dir=tmp_path, smooth_sigma=0)
+    files = {Path(w.filename).name for w in caught if w.category is DeprecationWarning}
+    assert files == {Path(__file__).name}
+
+
 def test_old_keyword_spellings_warn_and_still_work(scene: Path, tmp_path: Path) -> None:
     model = RednessModel()
     kwargs = {"scales": (64,), "index_dir": tmp_path}
@@ -171,9 +178,6 @@ def test_old_keyword_spellings_warn_and_still_work(scene: Path, tmp_path: Path) 
             rebuild_index=True, **kwargs,
         )  # fmt: skip
     messages = [str(w.message) for w in caught if w.category is DeprecationWarning]
-    assert {Path(w.filename).name for w in caught if w.category is DeprecationWarning} == {
-        Path(__file__).name
-    }  # the warnings point at the caller
     for name, new in [
         ("normalise_mode", "normalise"), ("smooth_sigma", "smooth"),
         ("reference_mode", "reference"), ("rebuild_index", "rebuild"),

@@ -127,9 +127,19 @@ def test_empty_query_message() -> None:
 # --- api.py ------------------------------------------------------------------------------------
 
 
+def test_deprecation_warnings_of_both_functions_point_at_the_caller() -> None:
+    # The caller of localize() or build_index() is this file, whichever function warns.
+    for call, args in (
+        (build_index, ("missing.tif", None)),
+        (localize, ("missing.tif", "q", None)),
+    ):
+        with pytest.warns(DeprecationWarning) as caught, pytest.raises(TypeError):
+            call(*args, rebuild_index=True, rebuild=False)
+        assert [Path(w.filename) for w in caught] == [Path(__file__)]
+
+
 def test_deprecated_and_unknown_keywords_name_the_function_called() -> None:
-    # The warning names the function and points at this file (the caller of localize() or
-    # build_index()); an option given under both names, or an unknown one, is a TypeError saying
+    # The warning names the function; an option given under both names, or an unknown one, is a TypeError saying
     # which function refused it. All raised before the raster or the model is looked at.
     for call, name in ((build_index, "build_index"), (localize, "localize")):
         args = ("missing.tif", None) if name == "build_index" else ("missing.tif", "q", None)
@@ -140,7 +150,6 @@ def test_deprecated_and_unknown_keywords_name_the_function_called() -> None:
         assert str(warning.message) == (
             f"{name}(rebuild_index=...) is deprecated and will be removed in 0.3: use rebuild=..."
         )
-        assert Path(warning.filename) == Path(__file__)
         assert (
             str(raised.value)
             == f"{name}() got 'rebuild' and its old name 'rebuild_index': give one"
