@@ -165,19 +165,21 @@ run_module() {
     write_config "$copy" "$module"
     start=$(date +%s)
     [ -z "${MUTATION_RESUME:-}" ] || resume_from "$copy" "$module"
+    failed() {
+        tail -n 30 "$copy/mutmut.log" >&2
+        echo "mutmut failed on $module (log: $copy/mutmut.log)" >&2
+        MUTATION_KEEP=1
+        return 1
+    }
     mutmut_run() {
-        (cd "$copy" && nice -n 15 "$mutmut" run --max-children "$jobs" "$@" >>"$copy/mutmut.log" 2>&1) || {
-            tail -n 30 "$copy/mutmut.log" >&2
-            echo "mutmut failed on $module (log: $copy/mutmut.log)" >&2
-            MUTATION_KEEP=1
-            return 1
-        }
+        (cd "$copy" && nice -n 15 "$mutmut" run --max-children "$jobs" "$@" >>"$copy/mutmut.log" 2>&1) || failed
     }
     if [ -n "${MUTATION_SAMPLE:-}" ]; then
         # Generate every mutant and the test stats (mutmut then stops: no mutant has this name),
         # and test only a seeded random sample of them; the rest stay "not checked".
-        (cd "$copy" && "$mutmut" run --max-children "$jobs" "generate-only" >>"$copy/mutmut.log" 2>&1) || true
-        [ -f "$copy/mutants/mutmut-stats.json" ] || { mutmut_run "generate-only"; return 1; }
+        (cd "$copy" && nice -n 15 "$mutmut" run --max-children "$jobs" "generate-only" \
+            >>"$copy/mutmut.log" 2>&1) || true
+        [ -f "$copy/mutants/mutmut-stats.json" ] || { failed; return 1; }
         # On a resume, the earlier run's sample (drawn again from its own mutant list, which
         # code changes since cannot alter) less the mutants already killed.
         if [ -n "${MUTATION_RESUME:-}" ]; then

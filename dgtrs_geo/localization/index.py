@@ -487,6 +487,15 @@ def _try_lock(path: Path) -> FileLock | None:
     return lock
 
 
+def _delete_folder(folder: Path) -> bool:
+    """Delete ``folder`` as far as permissions allow; return whether it is gone.
+
+    A folder that may not be deleted stays, and callers do not report it as removed.
+    """
+    shutil.rmtree(folder, ignore_errors=True)
+    return not folder.exists()
+
+
 def _remove_partials(directory: Path, held: Path | None = None) -> list[Path]:
     """Remove hidden folders of unfinished writes whose index lock is free (or ``held`` by us)."""
     removed: list[Path] = []
@@ -503,8 +512,7 @@ def _remove_partials(directory: Path, held: Path | None = None) -> list[Path]:
         if index_path != held and lock is None:
             continue  # a live writer owns it
         try:
-            shutil.rmtree(entry, ignore_errors=True)
-            if not entry.exists():  # a folder we may not delete stays, and is not reported
+            if _delete_folder(entry):
                 removed.append(entry)
         finally:
             if lock is not None:
@@ -697,8 +705,7 @@ def prune_indexes(root: str | Path, older_than_days: float | None = None) -> lis
             continue
         try:
             log.info("removing embedding index %s: %s", path, reason)
-            shutil.rmtree(path, ignore_errors=True)
-            if not path.exists():  # an index we may not delete stays, and is not reported
+            if _delete_folder(path):
                 removed.append(path)
         finally:
             lock.release()

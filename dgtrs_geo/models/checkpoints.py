@@ -53,6 +53,8 @@ FORMATS: tuple[str, ...] = ("dgtrs", "open_clip", "openai", "lightning")
 
 _OPENAI_EXTRAS = ("input_resolution", "context_length", "vocab_size")
 _LIGHTNING_PREFIX = "model."
+# The fix named when a format given by the caller does not match the file.
+_FORCED_FORMAT_FIX = "if the file is another format, leave the format to detection"
 
 
 class CheckpointError(ModelError):
@@ -138,10 +140,7 @@ def fold_dgtrs_state_dict(
     folded = dict(state_dict)
     for table in ("positional_embedding", "positional_embedding_res"):
         if table not in folded:
-            raise CheckpointError(
-                f"DGTRS checkpoint lacks {table!r}: if the file is another format, leave the "
-                "format to detection"
-            )
+            raise CheckpointError(f"DGTRS checkpoint lacks {table!r}: {_FORCED_FORMAT_FIX}")
     frozen, trained = folded["positional_embedding"], folded.pop("positional_embedding_res")
     if frozen.shape != trained.shape:
         raise CheckpointError(
@@ -175,8 +174,7 @@ def _from_lightning(payload: Mapping[str, object]) -> dict[str, Tensor]:
     state = payload.get("state_dict")
     if not isinstance(state, Mapping):
         raise CheckpointError(
-            "not a Lightning checkpoint (no 'state_dict' dictionary): if the file is another "
-            "format, leave the format to detection"
+            f"not a Lightning checkpoint (no 'state_dict' dictionary): {_FORCED_FORMAT_FIX}"
         )
     weights = {
         key[len(_LIGHTNING_PREFIX) :]: value
@@ -229,15 +227,16 @@ def read_checkpoint(
         raise CheckpointError(
             f"{path} holds a {type(payload).__name__}, not a dictionary of tensors: expected a state dict"
         )
-    # A DDP-wrapped model saves its keys under "module.": detect on the keys it is read with.
-    checkpoint_format = checkpoint_format or detect_format(_strip_prefix(payload, "module."))
+    # A DDP-wrapped model saves its keys under "module.": detect and read them without it.
+    payload = _strip_prefix(payload, "module.")
+    checkpoint_format = checkpoint_format or detect_format(payload)
     match checkpoint_format:
         case "lightning":
             state = _from_lightning(payload)
         case "dgtrs":
-            state = fold_dgtrs_state_dict(_strip_prefix(payload, "module."))
+            state = fold_dgtrs_state_dict(payload)
         case "openai" | "open_clip":
-            state = _strip_prefix(payload, "module.")
+            state = payload
     # Metadata entries and the causal mask are rebuilt from the architecture, never read.
     for key in [k for k in state if k in _OPENAI_EXTRAS or k.endswith("attn_mask")]:
         state.pop(key)
